@@ -1,0 +1,80 @@
+# FoloVLLM: `make demo` and `make test` work on a fresh machine (each creates the venv first).
+PYTHON      ?= python3
+VENV        := .venv
+VPY         := $(abspath $(VENV))/bin/python
+# The CPU build of torch by default; on a CUDA machine: make setup TORCH_SPEC=torch
+TORCH_SPEC  ?= torch==2.13.0
+STAMP       := $(VENV)/.installed
+MILESTONES  := $(sort $(wildcard m[0-7]_*))
+NEWEST      := $(lastword $(MILESTONES))
+# A milestone by its number: m3 -> m3_paged
+mdir         = $(firstword $(wildcard $(1)_*))
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-root lineage lint format coverage check docs docs-serve clean help
+
+help:
+	@echo "make demo | test | test-mK | run-mK [ARGS=...] | bench-mK | diff-mK | lint | format | coverage | check | docs | docs-serve"
+	@echo "milestones: $(MILESTONES)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(VPY) -m pip install -q --disable-pip-version-check -e ".[dev,docs]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	cd $(NEWEST) && PYTHONPATH=. $(VPY) -m folovllm demo
+
+# Every milestone's suite in its own process (only that milestone's folovllm importable),
+# then the cross-milestone tests, the lineage check and a strict docs build.
+test: $(STAMP)
+	@set -e; for m in $(MILESTONES); do \
+		echo "== $$m =="; \
+		(cd $$m && PYTHONPATH=. $(VPY) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)); \
+	done
+	$(MAKE) --no-print-directory test-root lineage docs
+
+test-root: $(STAMP)
+	$(VPY) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
+
+lineage: $(STAMP)
+	$(VPY) tools/milestones.py check
+
+test-m%: $(STAMP)
+	cd $(call mdir,m$*) && PYTHONPATH=. $(VPY) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
+
+run-m%: $(STAMP)
+	cd $(call mdir,m$*) && PYTHONPATH=. $(VPY) -m folovllm $(or $(ARGS),demo)
+
+bench-m%: $(STAMP)
+	cd $(call mdir,m$*) && PYTHONPATH=. $(VPY) bench.py $(ARGS)
+
+diff-m%: $(STAMP)
+	@$(VPY) tools/milestones.py diff m$* $(ARGS)
+
+lint: $(STAMP)
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+format: $(STAMP)
+	$(VPY) -m ruff format .
+	$(VPY) -m ruff check --fix .
+
+coverage: $(STAMP)
+	cd $(NEWEST) && PYTHONPATH=. $(VPY) -m pytest tests -p no:cacheprovider --cov=folovllm --cov-report=term-missing
+
+check: lint test
+
+docs: $(STAMP)
+	$(VPY) tools/milestones.py diffs
+	$(VPY) -m mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	$(VPY) tools/milestones.py diffs
+	$(VPY) -m mkdocs serve
+
+clean:
+	rm -rf site learn/diffs .pytest_cache .ruff_cache .coverage htmlcov

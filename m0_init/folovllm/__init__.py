@@ -1,0 +1,8 @@
+"""FoloVLLM: a teaching LLM inference engine that mirrors vLLM's design, one milestone at a time."""
+
+from folovllm.config import EngineConfig
+from folovllm.milestone import MILESTONE
+from folovllm.outputs import RequestOutput
+from folovllm.sampling_params import SamplingParams
+
+__all__ = ["MILESTONE", "EngineConfig", "RequestOutput", "SamplingParams"]

@@ -9,7 +9,7 @@ MILESTONES  := $(sort $(wildcard m[0-7]_*))
 NEWEST      := $(lastword $(MILESTONES))
 # A milestone by its number: m3 -> m3_paged
 mdir         = $(firstword $(wildcard $(1)_*))
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -q
 
 .PHONY: setup demo test test-root lineage lint format coverage check docs docs-serve clean help
 

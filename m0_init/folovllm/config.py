@@ -33,7 +33,7 @@ LATER_FEATURES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "enable_paged_kv": ("m3_paged", (None, False)),
     "block_size": ("m3_paged", (None,)),
     "gpu_memory_utilization": ("m3_paged", (None,)),
-    "kv_cache_memory_gb": ("m3_paged", (None,)),
+    "kv_cache_memory_gb": ("m2_batching", (None,)),
     "num_gpu_blocks": ("m3_paged", (None,)),
     "attention_backend": ("m4_flash", (None, "torch")),
     "enable_chunked_prefill": ("m5_chunked", (None, False)),

@@ -158,3 +158,8 @@ def test_cli_error_is_clear(tmp_path):
         text=True,
     )
     assert res.returncode == 2 and "error: model" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_config_only_directory_has_no_tokenizer():
+    cfg = get_model_config(EngineConfig(model="Qwen/Qwen3-0.6B", load_format="dummy"))
+    assert get_tokenizer(cfg.path) is None

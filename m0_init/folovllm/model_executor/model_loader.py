@@ -152,10 +152,19 @@ def get_model_config(config: EngineConfig) -> ModelConfig:
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def get_tokenizer(path: Path):
-    """The checkpoint's tokenizer, through transformers (never with remote code)."""
+    """The checkpoint's tokenizer, through transformers (never with remote code).
+
+    None when the directory has no tokenizer files (a config-only directory for dummy weights):
+    then prompts must be token ids and outputs have no text.
+    """
     from transformers import AutoTokenizer
 
+    if not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        return None
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 

@@ -1,0 +1,68 @@
+"""Shared benchmark plumbing: put one milestone's engine on the path, describe the machine."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def milestone_dir(name: str) -> Path:
+    """'m2' or 'm2_batching' -> the milestone directory."""
+    prefix = name.split("_")[0]
+    matches = sorted(p for p in ROOT.glob(f"{prefix}_*") if p.is_dir())
+    if not matches:
+        raise SystemExit(f"no milestone directory for {name!r}")
+    return matches[0]
+
+
+def import_engine(milestone: str):
+    """Import ``folovllm`` from one milestone directory (only one per process)."""
+    path = milestone_dir(milestone)
+    if "folovllm" in sys.modules:
+        loaded = Path(sys.modules["folovllm"].__file__).resolve()
+        if not loaded.is_relative_to(path):
+            raise SystemExit(
+                f"folovllm already imported from {loaded}; use one milestone per process"
+            )
+    sys.path.insert(0, str(path))
+    return importlib.import_module("folovllm")
+
+
+def device_info() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(
+            gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count
+        )
+    return info
+
+
+def peak_memory_bytes() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}")

@@ -38,7 +38,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="JSON path (default: print only)")
     args = ap.parse_args()
 
-    mc = get_model_config(EngineConfig(model=args.model, load_format="dummy", dtype=args.dtype, device="cpu"))
+    mc = get_model_config(
+        EngineConfig(model=args.model, load_format="dummy", dtype=args.dtype, device="cpu")
+    )
     t0 = time.perf_counter()
     weights = dict(iterate_dummy_weights(mc.arch, mc.dtype))
     t_dummy = time.perf_counter() - t0
@@ -69,9 +71,13 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
     }
     print(f"{'model':28s} {args.model}")
-    print(f"{'weights':28s} {nbytes / 1e9:.2f} GB ({mc.arch.num_parameters():,} params, {mc.dtype})")
+    print(
+        f"{'weights':28s} {nbytes / 1e9:.2f} GB ({mc.arch.num_parameters():,} params, {mc.dtype})"
+    )
     print(f"{'dummy init':28s} {t_dummy:.2f} s")
-    print(f"{'safetensors read (median)':28s} {t_read:.2f} s = {result['safetensors_read_GBps']:.2f} GB/s")
+    print(
+        f"{'safetensors read (median)':28s} {t_read:.2f} s = {result['safetensors_read_GBps']:.2f} GB/s"
+    )
     print(f"{'KV bytes per token':28s} {mc.kv_bytes_per_token:,}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

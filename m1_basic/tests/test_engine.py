@@ -111,7 +111,15 @@ def test_duplicate_request_id(engine):
     assert idle(engine)
 
 
-def test_abort_running_and_waiting(engine):
+@pytest.fixture(scope="module")
+def engine_one_at_a_time(tiny_qwen3):
+    return LLMEngine(
+        EngineConfig(model=str(tiny_qwen3), device="cpu", max_model_len=128, max_batch_size=1)
+    )
+
+
+def test_abort_running_and_waiting(engine_one_at_a_time):
+    engine = engine_one_at_a_time
     a = engine.add_request("The for statement", SamplingParams(max_tokens=30, **GREEDY))
     b = engine.add_request("The import system", SamplingParams(max_tokens=30, **GREEDY))
     c = engine.add_request("A list", SamplingParams(max_tokens=5, **GREEDY))

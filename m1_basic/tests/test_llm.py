@@ -48,8 +48,8 @@ def test_a_bad_prompt_raises_before_anything_runs(llm):
 def test_options_in_both_places_are_refused(tiny_qwen3):
     with pytest.raises(ValueError, match="either in engine_config or as keywords"):
         LLM(model=str(tiny_qwen3), engine_config=EngineConfig(), dtype="fp32")
-    with pytest.raises(ValueError, match="max_batch_size=4 needs milestone m2_batching"):
-        LLM(model=str(tiny_qwen3), max_batch_size=4)
+    with pytest.raises(ValueError, match="quantization='gptq' needs milestone m7_gptq"):
+        LLM(model=str(tiny_qwen3), quantization="gptq")
 
 
 def test_cli_generate(tiny_qwen3):

@@ -23,9 +23,8 @@ from folovllm.attention.backends.abstract import (
 @dataclass
 class TorchAttentionMetadata(AttentionMetadata):
     num_actual_tokens: int
-    query_start_loc: list[
-        int
-    ]  # request i's query tokens are [query_start_loc[i], query_start_loc[i+1])
+    # request i's query tokens are [query_start_loc[i], query_start_loc[i + 1])
+    query_start_loc: list[int]
     seq_lens: list[int]  # tokens in the cache for request i after this step (context + new)
     kv_rows: list[int]  # the cache row each request owns
     slot_mapping: torch.Tensor  # [num_tokens] flat cache index of each new token's K/V

@@ -1,0 +1,138 @@
+"""Offline throughput of one milestone's engine on nano-vllm's workload (table + JSON).
+
+The workload (nano-vllm's bench.py): ``random.seed(0)``; for each of 256 requests a prompt of
+``randint(100, 1024)`` tokens drawn from ``randint(0, 10000)``, then for each request
+``max_tokens = randint(100, 1024)``, ``temperature=0.6``, ``ignore_eos=True`` -> 133,966 output tokens.
+
+    python benchmarks/throughput_test.py --milestone m2 --model Qwen/Qwen3-0.6B --dummy-weights \
+        --out benchmarks/results/m2_throughput.json
+    python benchmarks/throughput_test.py --milestone m1 --num-seqs 32 --max-input-len 256 --max-output-len 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import device_info, import_engine, peak_memory_bytes, write_json  # noqa: E402
+
+
+def make_workload(args) -> tuple[list[list[int]], list[int]]:
+    """Exactly nano-vllm's draw order, so the default sizes reproduce its token counts."""
+    random.seed(args.seed)
+    prompts = [
+        [
+            random.randint(0, args.vocab_cap)
+            for _ in range(random.randint(args.min_input_len, args.max_input_len))
+        ]
+        for _ in range(args.num_seqs)
+    ]
+    max_tokens = [
+        random.randint(args.min_output_len, args.max_output_len) for _ in range(args.num_seqs)
+    ]
+    return prompts, max_tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--milestone", default="m2")
+    ap.add_argument("--model", default="Qwen/Qwen3-0.6B")
+    ap.add_argument("--dummy-weights", action="store_true")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--num-seqs", type=int, default=256)
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="max_batch_size (max_num_seqs); m2+"
+    )
+    ap.add_argument("--min-input-len", type=int, default=100)
+    ap.add_argument("--max-input-len", type=int, default=1024)
+    ap.add_argument("--min-output-len", type=int, default=100)
+    ap.add_argument("--max-output-len", type=int, default=1024)
+    ap.add_argument(
+        "--vocab-cap", type=int, default=10_000, help="prompt token ids drawn from [0, cap]"
+    )
+    ap.add_argument(
+        "--max-model-len", type=int, default=None, help="default: longest prompt + output"
+    )
+    ap.add_argument("--kv-cache-memory-gb", type=float, default=None)
+    ap.add_argument("--temperature", type=float, default=0.6)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    fv = import_engine(args.milestone)
+    from folovllm.milestone import has_milestone
+
+    prompts, max_tokens = make_workload(args)
+    max_model_len = args.max_model_len or max(len(p) + m for p, m in zip(prompts, max_tokens))
+    options = dict(
+        model=args.model,
+        load_format="dummy" if args.dummy_weights else "auto",
+        dtype=args.dtype,
+        device=args.device,
+        max_model_len=max_model_len,
+    )
+    if has_milestone("m2_batching"):
+        options.update(max_batch_size=args.batch_size, kv_cache_memory_gb=args.kv_cache_memory_gb)
+    elif args.batch_size not in (None, 1):
+        raise SystemExit(f"{fv.MILESTONE} runs one request at a time: drop --batch-size")
+    llm = fv.LLM(**options)
+    params = [
+        fv.SamplingParams(temperature=args.temperature, ignore_eos=True, max_tokens=m)
+        for m in max_tokens
+    ]
+
+    llm.generate([[1, 2, 3, 4]], fv.SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up
+    llm.engine.stats.steps.clear()
+    llm.engine.stats.finished.clear()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+
+    out_tokens = sum(len(o.token_ids) for o in outs)
+    assert out_tokens == sum(max_tokens), "ignore_eos: every request must produce max_tokens"
+    stats = llm.engine.stats.summary()
+    result = {
+        "benchmark": "throughput",
+        "milestone": fv.MILESTONE,
+        "config": {k: v for k, v in vars(args).items() if k != "out"}
+        | {"max_model_len": max_model_len},
+        "device": device_info(),
+        "num_requests": len(outs),
+        "prompt_tokens": sum(len(p) for p in prompts),
+        "output_tokens": out_tokens,
+        "elapsed_s": elapsed,
+        "output_tokens_per_s": out_tokens / elapsed,
+        "requests_per_s": len(outs) / elapsed,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "engine_stats": stats,
+    }
+    where = result["device"].get("gpu", result["device"]["cpu"])
+    print(f"\n{fv.MILESTONE} on {where}: {args.model}{' (dummy)' if args.dummy_weights else ''}")
+    print(
+        f"requests {len(outs)}, prompt tokens {result['prompt_tokens']:,}, output tokens {out_tokens:,}"
+    )
+    print(
+        f"time {elapsed:.2f} s -> {result['output_tokens_per_s']:,.1f} output tok/s, {result['requests_per_s']:.2f} req/s"
+    )
+    if "mean_batch_size" in stats:
+        print(f"mean batch {stats['mean_batch_size']:.1f} over {stats['num_steps']} steps", end="")
+        if "kv_utilization" in stats:
+            print(f", KV utilization (used/reserved) {stats['kv_utilization']:.1%}", end="")
+        print()
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -45,7 +45,7 @@ def main() -> None:
             results[m] = json.loads(path.read_text())
     base = results[args.milestones[0]]["output_tokens_per_s"]
     print(
-        f"\n{'milestone':14s} {'output tok/s':>13s} {'req/s':>8s} {'speedup':>8s} {'mean batch':>11s} {'KV used/reserved':>17s}"
+        f"\n{'milestone':14s} {'output tok/s':>13s} {'req/s':>8s} {'speedup':>8s} {'mean batch':>11s} {'KV used/reserved':>17s} {'max batch':>10s} {'preempt':>8s}"
     )
     for r in results.values():
         st = r["engine_stats"]
@@ -53,7 +53,8 @@ def main() -> None:
         print(
             f"{r['milestone']:14s} {r['output_tokens_per_s']:13,.1f} {r['requests_per_s']:8.2f} "
             f"{r['output_tokens_per_s'] / base:7.2f}x {st.get('mean_batch_size', float('nan')):11.1f} "
-            f"{'' if kv is None else f'{kv:.1%}':>17s}"
+            f"{'' if kv is None else f'{kv:.1%}':>17s} {st.get('max_batch_size', 1):>10} "
+            f"{st.get('num_preemptions', 0):>8}"
         )
     write_json(
         args.out,

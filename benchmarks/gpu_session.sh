@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# One device call (see .library device README): checks, then times, every variant; JSON under $OUT.
-# Usage on the GPU machine: bash benchmarks/gpu_session.sh   (OUT defaults to benchmarks/results/raw)
+# One device call (see the device tool's README): checks, then times, every variant; JSON under $OUT.
+# Usage on the GPU machine: bash benchmarks/gpu_session.sh [m1] [m2] [m3]   (default: all)
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results/raw}
 mkdir -p "$OUT"
+jobs=("$@")
+[ ${#jobs[@]} -eq 0 ] && jobs=(m1 m2 m3)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 M=(--model Qwen/Qwen3-0.6B --dummy-weights)
 
-# m1: batch-1 latency, FoloVLLM vs transformers' generate in the same process.
-python3 benchmarks/latency_test.py --milestone m1 "${M[@]}" --input-len 128 --output-len 256 \
-    --num-iters 3 --hf --out "$OUT/m1_latency.json" || echo "m1 latency FAILED"
-
-# m1 vs m2 on a scaled nano-vllm workload (32 requests, lengths in [100, 256]) so m1 ends in minutes.
-python3 benchmarks/compare.py --milestones m1 m2 --out "$OUT/m2_vs_m1.json" -- "${M[@]}" \
-    --num-seqs 32 --max-input-len 256 --max-output-len 256 || echo "m1 vs m2 FAILED"
-
-# m2 on the full nano-vllm workload (256 requests, 133,966 output tokens).
-python3 benchmarks/throughput_test.py --milestone m2 "${M[@]}" --out "$OUT/m2_throughput.json" \
-    || echo "m2 full workload FAILED"
+for job in "${jobs[@]}"; do
+  case $job in
+  m1)  # batch-1 latency, FoloVLLM vs transformers' generate in the same process.
+    python3 benchmarks/latency_test.py --milestone m1 "${M[@]}" --input-len 128 --output-len 256 \
+        --num-iters 3 --hf --out "$OUT/m1_latency.json" || echo "m1 latency FAILED" ;;
+  m2)  # m1 vs m2 on a scaled nano-vllm workload (32 requests, lengths in [100, 256]), then m2 in full.
+    python3 benchmarks/compare.py --milestones m1 m2 --out "$OUT/m2_vs_m1.json" -- "${M[@]}" \
+        --num-seqs 32 --max-input-len 256 --max-output-len 256 || echo "m1 vs m2 FAILED"
+    python3 benchmarks/throughput_test.py --milestone m2 "${M[@]}" --out "$OUT/m2_throughput.json" \
+        || echo "m2 full workload FAILED" ;;
+  m3)  # m2 vs m3 on the full nano-vllm workload under the same 16 GiB of KV, then m3 with the
+       # profiled budget (gpu_memory_utilization 0.9).
+    python3 benchmarks/compare.py --milestones m2 m3 --out "$OUT/m3_vs_m2.json" -- "${M[@]}" \
+        --kv-cache-memory-gb 16 || echo "m2 vs m3 FAILED"
+    python3 benchmarks/throughput_test.py --milestone m3 "${M[@]}" --out "$OUT/m3_throughput.json" \
+        || echo "m3 full workload FAILED" ;;
+  esac
+done

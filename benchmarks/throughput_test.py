@@ -103,6 +103,11 @@ def main() -> None:
     out_tokens = sum(len(o.token_ids) for o in outs)
     assert out_tokens == sum(max_tokens), "ignore_eos: every request must produce max_tokens"
     stats = llm.engine.stats.summary()
+    stats["num_preemptions"] = (
+        getattr(llm.engine.scheduler, "num_preemptions", 0)
+        if hasattr(llm.engine, "scheduler")
+        else 0
+    )
     result = {
         "benchmark": "throughput",
         "milestone": fv.MILESTONE,

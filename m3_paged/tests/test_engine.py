@@ -160,3 +160,18 @@ def test_metrics_are_filled(engine):
     (out,) = run(engine, ("The for", SamplingParams(max_tokens=5, **GREEDY))).values()
     m = out.metrics
     assert 0 < m.ttft <= m.e2e and m.tpot > 0 and m.num_output_tokens == 5
+
+
+def test_reused_request_id_with_a_seed_starts_a_fresh_generator(engine):
+    p = SamplingParams(temperature=1.0, seed=5, max_tokens=8, ignore_eos=True)
+
+    def once() -> list[int]:
+        engine.add_request("The for", p, request_id="same")
+        outs = []
+        while engine.has_unfinished_requests():
+            outs += engine.step()
+        engine.step()  # an idle step must still release the finished request's generator
+        return outs[0].token_ids
+
+    assert once() == once()
+    assert idle(engine)

@@ -114,9 +114,10 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one model step; return the outputs of requests that finished in it."""
         so = self._schedule()
+        # Runs even when nothing is scheduled, so the runner forgets finished requests' state.
+        runner_output = self.runner.execute_model(so)
         if so.is_empty:
             return []
-        runner_output = self.runner.execute_model(so)
         self.last_runner_output = runner_output
         self.stats.record_step(so)
         return self._update_from_output(so, runner_output)

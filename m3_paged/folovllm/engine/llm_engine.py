@@ -118,9 +118,10 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one model step; return the outputs of requests that finished in it."""
         so = self.scheduler.schedule()
+        # Runs even when nothing is scheduled, so the runner forgets finished requests' state.
+        out = self.runner.execute_model(so)
         if so.is_empty:
             return []
-        out = self.runner.execute_model(so)
         self.last_runner_output = out
         self.stats.record_step(so, self.scheduler.kv_usage(so))
         finished = set(self.scheduler.update_from_output(so, out.req_ids, out.sampled_token_ids))

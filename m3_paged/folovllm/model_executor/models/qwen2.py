@@ -21,7 +21,7 @@ from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding
 
 
 class Qwen2Attention(nn.Module):
-    def __init__(self, cfg: ModelArchConfig, layer_idx: int) -> None:
+    def __init__(self, cfg: ModelArchConfig, layer_idx: int, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
@@ -37,9 +37,7 @@ class Qwen2Attention(nn.Module):
         if self.qk_norm:  # Qwen3: RMSNorm over each head of q and k, before RoPE
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(
-            self.head_dim, cfg.max_position_embeddings, cfg.rope_theta
-        )
+        self.rotary_emb = rotary_emb  # one cos/sin table shared by every layer
         self.attn = Attention(
             self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_kv_heads, layer_idx
         )
@@ -68,9 +66,9 @@ class Qwen2MLP(nn.Module):
 
 
 class Qwen2DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelArchConfig, layer_idx: int) -> None:
+    def __init__(self, cfg: ModelArchConfig, layer_idx: int, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
-        self.self_attn = Qwen2Attention(cfg, layer_idx)
+        self.self_attn = Qwen2Attention(cfg, layer_idx, rotary_emb)
         self.mlp = Qwen2MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -91,7 +89,10 @@ class Qwen2Model(nn.Module):
     def __init__(self, cfg: ModelArchConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Qwen2DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        rope = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
+        self.layers = nn.ModuleList(
+            Qwen2DecoderLayer(cfg, i, rope) for i in range(cfg.num_hidden_layers)
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

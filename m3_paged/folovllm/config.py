@@ -164,6 +164,18 @@ class EngineConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.extra:
+            raise ValueError(f"unknown engine options: {sorted(self.extra)}")
+        # Check gated knobs under the name the user wrote, before aliases are merged.
+        gated = [(n, n) for n in LATER_FEATURES] + [(a, n) for a, n in ALIASES.items()]
+        for written, name in gated:
+            milestone, off_values = LATER_FEATURES[name]
+            value = getattr(self, written)
+            if not has_milestone(milestone) and value not in off_values:
+                raise ValueError(
+                    f"{written}={value!r} needs milestone {milestone}; this engine is {MILESTONE} "
+                    f"(leave {written} unset here, or run {milestone} or later)"
+                )
         for alias, name in ALIASES.items():
             a, b = getattr(self, alias), getattr(self, name)
             if a is not None and b is not None and a != b:
@@ -171,15 +183,6 @@ class EngineConfig:
             if a is not None:
                 setattr(self, name, a)
             setattr(self, alias, getattr(self, name))
-        if self.extra:
-            raise ValueError(f"unknown engine options: {sorted(self.extra)}")
-        for name, (milestone, off_values) in LATER_FEATURES.items():
-            value = getattr(self, name)
-            if not has_milestone(milestone) and value not in off_values:
-                raise ValueError(
-                    f"{name}={value!r} needs milestone {milestone}; this engine is {MILESTONE} "
-                    f"(leave {name} unset here, or run {milestone} or later)"
-                )
         self._validate()
 
     @classmethod

@@ -111,3 +111,35 @@ def test_paged_backend_matches_dense_attention():
 def test_paged_options_are_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
         EngineConfig(**{field: value})
+
+
+def test_profile_run_executes_the_largest_step_and_rebinds_the_cache(tiny_qwen3):
+    """The GPU budget comes from this run; on the CPU we check it runs and leaves the real cache bound."""
+    engine = make(tiny_qwen3, max_num_batched_tokens=300)  # 128 + 128 + 44 prompt tokens
+    runner = engine.runner
+    real = [layer.self_attn.attn.kv_cache for layer in runner.model.model.layers]
+    scratch_bytes = runner._profile_run(300)
+    assert (
+        scratch_bytes == sum(-(-n // 16) for n in (128, 128, 44)) * 16 * 1024
+    )  # blocks x 16 x bytes/token
+    runner.kv_caches = runner._allocate_kv_cache(
+        runner.num_blocks
+    )  # what __init__ does after profiling
+    assert all(
+        layer.self_attn.attn.kv_cache is c
+        for layer, c in zip(runner.model.model.layers, runner.kv_caches)
+    )
+    assert [c.shape for c in runner.kv_caches] == [c.shape for c in real]
+    (out,) = run_one(engine)
+    assert len(out) == 5
+
+
+def run_one(engine: LLMEngine) -> list[list[int]]:
+    rid = engine.add_request(
+        [5, 6, 7], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+    )
+    done = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            done[out.request_id] = out.token_ids
+    return [done[rid]]

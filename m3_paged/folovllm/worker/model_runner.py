@@ -16,6 +16,7 @@ from folovllm.forward_context import set_forward_context
 from folovllm.model_executor.models import get_model
 from folovllm.request import Request
 from folovllm.sample.sampler import Sampler, SamplingMetadata
+from folovllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -84,43 +85,9 @@ class ModelRunner:
         used_by_others_and_weights = total - free
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        lens = []
-        remaining = max_num_batched_tokens
-        while remaining > 0:
-            lens.append(min(remaining, self.max_model_len))
-            remaining -= lens[-1]
-        per_req = [-(-n // self.block_size) for n in lens]
-        scratch = self._allocate_kv_cache(sum(per_req), log=False)
-        tables, first = [], 0
-        for n in per_req:
-            tables.append(list(range(first, first + n)))
-            first += n
-        qsl = [0]
-        for n in lens:
-            qsl.append(qsl[-1] + n)
-        slots = [
-            t[p // self.block_size] * self.block_size + p % self.block_size
-            for t, n in zip(tables, lens)
-            for p in range(n)
-        ]
-        as_long = dict(dtype=torch.long, device=self.device)
-        md = self.attn_builder.build(
-            query_start_loc=qsl,
-            seq_lens=lens,
-            block_tables=tables,
-            slot_mapping=torch.tensor(slots, **as_long),
-        )
-        positions = torch.cat([torch.arange(n, **as_long) for n in lens])
-        with set_forward_context(md):
-            hidden = self.model(torch.zeros_like(positions), positions)
-        self.model.compute_logits(hidden[[q - 1 for q in qsl[1:]]])
+        scratch_bytes = self._profile_run(max_num_batched_tokens)
         torch.cuda.synchronize(self.device)
-        peak = (
-            torch.cuda.max_memory_allocated(self.device)
-            - before
-            - sum(c.numel() * c.element_size() for c in scratch)
-        )
-        del scratch, hidden
+        peak = torch.cuda.max_memory_allocated(self.device) - before - scratch_bytes
         torch.cuda.empty_cache()
         budget = int(total * utilization) - used_by_others_and_weights - peak
         logger.info(
@@ -131,6 +98,30 @@ class ModelRunner:
             utilization,
         )
         return budget
+
+    @torch.inference_mode()
+    def _profile_run(self, max_num_batched_tokens: int) -> int:
+        """Run the largest step once (max_num_batched_tokens prompt tokens, in requests of at most
+        max_model_len) on a scratch cache; return the scratch cache's bytes."""
+        lens, remaining = [], max_num_batched_tokens
+        while remaining > 0:
+            lens.append(min(remaining, self.max_model_len))
+            remaining -= lens[-1]
+        reqs = [
+            Request(f"profile-{i}", None, [0] * n, SamplingParams(max_tokens=1))
+            for i, n in enumerate(lens)
+        ]
+        tables, first = {}, 0
+        for r in reqs:
+            n = -(-r.num_prompt_tokens // self.block_size)
+            tables[r.request_id], first = list(range(first, first + n)), first + n
+        scratch = self._allocate_kv_cache(first, log=False)
+        so = SchedulerOutput(reqs, {r.request_id: r.num_prompt_tokens for r in reqs}, tables)
+        input_ids, positions, md, logits_indices = self._prepare_inputs(so)
+        with set_forward_context(md):
+            hidden = self.model(input_ids, positions)
+        self.model.compute_logits(hidden[logits_indices])
+        return sum(c.numel() * c.element_size() for c in scratch)
 
     def _allocate_kv_cache(self, num_blocks: int, log: bool = True) -> list[torch.Tensor]:
         arch = self.model_config.arch

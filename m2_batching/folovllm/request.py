@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Iterable
 
 from folovllm.sampling_params import SamplingParams
 
@@ -59,14 +60,20 @@ class Request:
         prompt: str | None,
         prompt_token_ids: list[int],
         sampling_params: SamplingParams,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Iterable[int] | None = None,
         arrival_time: float | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = list(prompt_token_ids)
         self.sampling_params = sampling_params
-        self.eos_token_id = eos_token_id
+        # Some checkpoints stop on several tokens (Qwen3: <|im_end|> and <|endoftext|>).
+        if eos_token_id is None:
+            self.eos_token_ids: frozenset[int] = frozenset()
+        elif isinstance(eos_token_id, int):
+            self.eos_token_ids = frozenset({eos_token_id})
+        else:
+            self.eos_token_ids = frozenset(eos_token_id)
         self.status = RequestStatus.WAITING
         self.output_token_ids: list[int] = []
         self.output_text = ""

@@ -45,12 +45,12 @@ def test_eos_stops_unless_ignored(engine):
     (ref,) = run(engine, ("The import", SamplingParams(max_tokens=8, **GREEDY))).values()
     eos = ref.token_ids[3]
     first = ref.token_ids.index(eos)
-    saved, engine.eos_token_id = engine.eos_token_id, eos
+    saved, engine.eos_token_ids = engine.eos_token_ids, [eos]
     try:
         (out,) = run(engine, ("The import", SamplingParams(temperature=0, max_tokens=8))).values()
         (ign,) = run(engine, ("The import", SamplingParams(max_tokens=8, **GREEDY))).values()
     finally:
-        engine.eos_token_id = saved
+        engine.eos_token_ids = saved
     assert out.finish_reason == "stop" and out.token_ids == ref.token_ids[: first + 1]
     assert ign.token_ids == ref.token_ids and ign.finish_reason == "length"
 
@@ -175,3 +175,22 @@ def test_reused_request_id_with_a_seed_starts_a_fresh_generator(engine):
 
     assert once() == once()
     assert idle(engine)
+
+
+def test_any_eos_of_generation_config_stops(tiny_qwen3, tmp_path):
+    """Qwen3's generation_config lists two EOS ids; either must end the request."""
+    import json
+
+    ref = LLMEngine(EngineConfig(model=str(tiny_qwen3), device="cpu", max_model_len=128))
+    (out,) = run(ref, ("The import", SamplingParams(max_tokens=8, **GREEDY))).values()
+    second_eos = out.token_ids[2]
+    for f in tiny_qwen3.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    gen = json.loads((tmp_path / "generation_config.json").read_text())
+    gen["eos_token_id"] = [ref.tokenizer.eos_token_id, second_eos]
+    (tmp_path / "generation_config.json").write_text(json.dumps(gen))
+    engine = LLMEngine(EngineConfig(model=str(tmp_path), device="cpu", max_model_len=128))
+    assert engine.eos_token_ids == [ref.tokenizer.eos_token_id, second_eos]
+    (stopped,) = run(engine, ("The import", SamplingParams(temperature=0, max_tokens=8))).values()
+    first = out.token_ids.index(second_eos)
+    assert stopped.finish_reason == "stop" and stopped.token_ids == out.token_ids[: first + 1]

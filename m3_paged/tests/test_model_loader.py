@@ -11,6 +11,7 @@ from folovllm import EngineConfig
 from folovllm.model_executor.model_loader import (
     ModelNotFoundError,
     count_checkpoint_parameters,
+    get_eos_token_ids,
     get_model_config,
     get_tokenizer,
     iterate_dummy_weights,
@@ -163,3 +164,16 @@ def test_cli_error_is_clear(tmp_path):
 def test_config_only_directory_has_no_tokenizer():
     cfg = get_model_config(EngineConfig(model="Qwen/Qwen3-0.6B", load_format="dummy"))
     assert get_tokenizer(cfg.path) is None
+
+
+def test_eos_ids_come_from_tokenizer_and_generation_config(tiny_qwen3, tmp_path):
+    arch = load_arch_config(tiny_qwen3)
+    tok = get_tokenizer(tiny_qwen3)
+    assert get_eos_token_ids(tiny_qwen3, tok, arch) == [tok.eos_token_id]
+    for f in tiny_qwen3.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    gen = json.loads((tmp_path / "generation_config.json").read_text())
+    gen["eos_token_id"] = [tok.eos_token_id, 7]  # like Qwen3: two stop tokens
+    (tmp_path / "generation_config.json").write_text(json.dumps(gen))
+    assert get_eos_token_ids(tmp_path, tok, arch) == [tok.eos_token_id, 7]
+    assert get_eos_token_ids(tmp_path / "nowhere", None, arch) == [arch.eos_token_id]

@@ -71,3 +71,10 @@ def test_tokens_and_output_metrics():
     m = out.metrics
     assert (m.ttft, m.tpot, m.e2e) == (2.0, 2.0, 5.0)
     assert RequestOutput.from_request(make()).finish_reason is None
+
+
+def test_eos_ids_accept_one_or_several():
+    sp = SamplingParams()
+    assert Request("a", None, [1], sp, eos_token_id=5).eos_token_ids == {5}
+    assert Request("b", None, [1], sp, eos_token_id=[5, 7, 5]).eos_token_ids == {5, 7}
+    assert Request("c", None, [1], sp).eos_token_ids == frozenset()

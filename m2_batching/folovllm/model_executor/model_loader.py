@@ -168,6 +168,26 @@ def get_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
+def get_eos_token_ids(path: Path, tokenizer, arch: ModelArchConfig) -> list[int]:
+    """Every token that ends generation: the tokenizer's EOS plus generation_config.json's list
+    (what transformers' generate stops on), else config.json's."""
+    ids: list[int] = []
+
+    def add(value: int | list[int] | None) -> None:
+        for v in [value] if isinstance(value, int) else value or []:
+            if v not in ids:
+                ids.append(v)
+
+    if tokenizer is not None:
+        add(tokenizer.eos_token_id)
+    gen_cfg = Path(path) / "generation_config.json"
+    if gen_cfg.is_file():
+        add(json.loads(gen_cfg.read_text()).get("eos_token_id"))
+    if not ids:
+        add(arch.eos_token_id)
+    return ids
+
+
 def safetensors_files(path: Path) -> list[Path]:
     """The checkpoint's safetensors shards (from the index when sharded)."""
     path = Path(path)

@@ -14,7 +14,11 @@ from folovllm.core.kv_cache_manager import KVCacheManager
 from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.detokenizer import IncrementalDetokenizer
 from folovllm.metrics.stats import EngineStats
-from folovllm.model_executor.model_loader import get_model_config, get_tokenizer
+from folovllm.model_executor.model_loader import (
+    get_eos_token_ids,
+    get_model_config,
+    get_tokenizer,
+)
 from folovllm.outputs import RequestOutput
 from folovllm.request import Request, RequestStatus
 from folovllm.sampling_params import SamplingParams
@@ -29,10 +33,8 @@ class LLMEngine:
         self.model_config = get_model_config(config)
         self.max_model_len = self.model_config.max_model_len
         self.tokenizer = get_tokenizer(self.model_config.path)
-        eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
-        arch_eos = self.model_config.arch.eos_token_id
-        self.eos_token_id = (
-            eos if eos is not None else (arch_eos[0] if isinstance(arch_eos, list) else arch_eos)
+        self.eos_token_ids = get_eos_token_ids(
+            self.model_config.path, self.tokenizer, self.model_config.arch
         )
         self.vocab_size = self.model_config.arch.vocab_size
         self.scheduler_config = resolve_scheduler_config(
@@ -91,7 +93,7 @@ class LLMEngine:
             )
         if params.stop_list and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer; this model directory has none")
-        req = Request(request_id, text, token_ids, params, eos_token_id=self.eos_token_id)
+        req = Request(request_id, text, token_ids, params, eos_token_id=self.eos_token_ids)
         self.requests[request_id] = req
         self.detokenizers[request_id] = IncrementalDetokenizer(
             self.tokenizer, token_ids, params.stop_list

@@ -62,7 +62,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     print("\nparsed configs:")
     print(f"  {arch}")
-    print(f"  {config.scheduler_config}")
+    print(f"  {dataclasses.replace(config.scheduler_config, max_model_len=mc.max_model_len)}")
     print(f"  {config.cache_config}")
     print(
         f"  EngineConfig({', '.join(f'{f.name}={getattr(config, f.name)!r}' for f in dataclasses.fields(config) if getattr(config, f.name) not in (None, {}))})"

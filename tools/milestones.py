@@ -3,7 +3,7 @@
 
 Every milestone directory ``mK_name/`` holds a complete copy of the engine. Its ``milestone.toml``
 declares the files it adds, changes and removes relative to the milestone before it; every other
-file must be byte-identical to the previous milestone's copy (see ARCHITECTURE.md, "Lineage").
+file must be byte-identical to the previous milestone's copy (see learn/architecture.md, "Lineage").
 
 Usage (from the repository root; stdlib only)::
 

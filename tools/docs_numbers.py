@@ -38,7 +38,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 PLACEHOLDER = re.compile(
-    r"(\\?)\{\{\s*((?:bench|ratio|diff_lines|diff_budget|diff_stat)\(.*?\))\s*\}\}"
+    r"(\\?)\{\{\s*((?:bench|ratio|diff_lines|diff_budget|diff_stat|interview_index)\(.*?\))\s*\}\}"
 )
 
 
@@ -139,6 +139,63 @@ def diff_budget(milestone: str) -> str:
     return str(budget)
 
 
+def _slug(heading: str) -> str:
+    from pymdownx.slugs import slugify
+
+    text = re.sub(r"[`*]", "", heading)
+    return slugify(case="lower")(text, "-")
+
+
+def interview_index(lang: str = "zh") -> str:
+    """Every milestone's interview questions with their difficulty, linked into the notes.
+
+    Generated from the notes themselves (``### Qn.`` headings and the ``??? success`` line below each),
+    for every milestone that has a page under learn/milestones/: a new milestone appears by itself.
+    """
+    suffix = "" if lang == "zh" else ".en"
+    section = r"^## (面试题|Interview)"
+    out = []
+    for note in sorted(
+        REPO_ROOT.glob(f"m*_*/NOTE{suffix}.md"), key=lambda p: _milestone_key(p.parent)
+    ):
+        name = note.parent.name
+        if not (REPO_ROOT / "learn" / "milestones" / f"{name}.md").is_file():
+            continue
+        lines = render(note.read_text(encoding="utf-8"), str(note)).split("\n")
+        starts = [i for i, line in enumerate(lines) if re.match(section, line)]
+        if not starts:
+            continue
+        title = lines[0].lstrip("# ").strip()
+        anchor = _slug(lines[starts[0]][3:])
+        link = f"../milestones/{name}.md"
+        out += [
+            f"## {title}",
+            "",
+            f"[{'全部题目' if lang == 'zh' else 'All questions'}]({link}#{anchor})",
+            "",
+        ]
+        for i in range(starts[0], len(lines)):
+            m = re.match(r"^### (Q\d+\. .*)$", lines[i])
+            if not m:
+                continue
+            level = next(
+                (
+                    re.search(r"[★☆]{3}\s*[^\"\s]+", x).group(0)
+                    for x in lines[i + 1 : i + 4]
+                    if "★" in x
+                ),
+                "",
+            )
+            out.append(f"- [{m.group(1)}]({link}#{_slug(m.group(1))}) {level}".rstrip())
+        out.append("")
+    return "\n".join(out)
+
+
+def _milestone_key(path: Path) -> int:
+    m = re.match(r"m(\d+)_", path.name)
+    return int(m.group(1)) if m else 0
+
+
 NAMESPACE = {
     "__builtins__": {},
     "bench": bench,
@@ -146,6 +203,7 @@ NAMESPACE = {
     "diff_lines": diff_lines,
     "diff_budget": diff_budget,
     "diff_stat": diff_stat,
+    "interview_index": interview_index,
 }
 
 

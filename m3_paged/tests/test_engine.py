@@ -66,6 +66,28 @@ def test_stop_string_cuts_the_text(engine):
     assert len(out.token_ids) < len(ref.token_ids)
 
 
+def test_stop_string_on_the_last_allowed_token_wins(engine):
+    """A token that both reaches max_tokens and completes a stop string finishes with "stop"."""
+    (ref,) = run(engine, ("A list", SamplingParams(max_tokens=24, **GREEDY))).values()
+    texts = [
+        engine.tokenizer.decode(ref.token_ids[:k], skip_special_tokens=True) for k in range(25)
+    ]
+    # The last token that adds visible text, and the shortest tail of the text it completes.
+    k = max(k for k in range(2, 25) if texts[k].strip() and len(texts[k]) > len(texts[k - 1]))
+    text = texts[k]
+    stop = next(
+        text[-m:]
+        for m in range(len(text) - len(texts[k - 1]), len(text) + 1)
+        if text[-m:].strip() and text.find(text[-m:]) == len(text) - m
+    )
+    params = SamplingParams(max_tokens=k, stop=[stop], **GREEDY)
+    (out,) = run(engine, ("A list", params)).values()
+    assert out.token_ids == ref.token_ids[:k]
+    assert out.finish_reason == "stop"
+    assert out.text == text[: len(text) - len(stop)]
+    assert idle(engine)
+
+
 def test_max_model_len_ends_the_request(engine):
     prompt = list(range(1, 121))  # 120 tokens; max_model_len is 128
     (out,) = run(engine, (prompt, SamplingParams(max_tokens=50, **GREEDY))).values()

@@ -145,10 +145,10 @@ class LLMEngine:
             status = check_stop(req, self.max_model_len)
             detok = self.detokenizers[req.request_id]
             stop_str = detok.update(token_id)
-            if stop_str is not None:
+            if stop_str is None and status is not None:
+                stop_str = detok.flush()  # held-back text may complete a stop string too
+            if stop_str is not None:  # it wins over max_tokens on the same token (as in vLLM)
                 status = RequestStatus.FINISHED_STOPPED
-            elif status is not None:
-                detok.flush()
             req.output_text = detok.text
             if status is not None:
                 self._finish(req, status)

@@ -133,8 +133,12 @@ class LLMEngine:
             req = by_id[req_id]
             detok = self.detokenizers[req_id]
             stop_str = detok.update(token_id)
-            if req in finished:
-                detok.flush()
+            if stop_str is None and req in finished:
+                stop_str = detok.flush()  # held-back text may complete a stop string too
+            if stop_str is not None and req in finished:
+                # The token also hit max_tokens and the scheduler has already freed the request:
+                # the stop string wins (as in vLLM), so only the reason changes.
+                req.status = RequestStatus.FINISHED_STOPPED
             elif stop_str is not None:
                 self.scheduler.finish_requests([req], RequestStatus.FINISHED_STOPPED)
             req.output_text = detok.text

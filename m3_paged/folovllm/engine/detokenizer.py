@@ -34,6 +34,19 @@ class IncrementalDetokenizer:
             self.prefix_offset, self.read_offset = self.read_offset, len(self.token_ids)
         else:
             return None
+        return self._append(new_text)
+
+    def flush(self) -> str | None:
+        """At the end, emit text held back for an incomplete character (as the replacement char);
+        return the stop string that text completed, if any (the text is cut before it)."""
+        prefix = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.token_ids[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.token_ids)
+        if len(full) > len(prefix):
+            return self._append(full[len(prefix) :])
+        return None
+
+    def _append(self, new_text: str) -> str | None:
         old_len = len(self.text)
         self.text += new_text
         if self.stop:
@@ -44,11 +57,3 @@ class IncrementalDetokenizer:
                 self.text = self.text[:pos]
                 return s
         return None
-
-    def flush(self) -> None:
-        """At the end, emit text held back for an incomplete character (as the replacement char)."""
-        prefix = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
-        full = self._decode(self.token_ids[self.prefix_offset :])
-        if len(full) > len(prefix):
-            self.text += full[len(prefix) :]
-        self.prefix_offset = self.read_offset = len(self.token_ids)

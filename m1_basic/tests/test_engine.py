@@ -88,6 +88,15 @@ def test_stop_string_on_the_last_allowed_token_wins(engine):
     assert idle(engine)
 
 
+@pytest.mark.parametrize("prompt", [[7], [7, 8, 9]])
+def test_step_stats_count_a_prompt_of_any_length_as_a_prefill(engine, prompt):
+    first = len(engine.stats.steps)
+    run(engine, (prompt, SamplingParams(max_tokens=3, **GREEDY)))
+    steps = engine.stats.steps[first:]
+    assert [s.num_prefill_reqs for s in steps] == [1, 0, 0]
+    assert [s.num_tokens for s in steps] == [len(prompt), 1, 1]
+
+
 def test_max_model_len_ends_the_request(engine):
     prompt = list(range(1, 121))  # 120 tokens; max_model_len is 128
     (out,) = run(engine, (prompt, SamplingParams(max_tokens=50, **GREEDY))).values()

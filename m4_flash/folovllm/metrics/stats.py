@@ -29,8 +29,14 @@ class EngineStats:
     finished: list[RequestMetrics] = field(default_factory=list)
 
     def record_step(self, so: SchedulerOutput, kv_usage: tuple[int, int] = (0, 0)) -> None:
-        prefills = [r.request_id for r in so.scheduled if so.num_scheduled_tokens[r.request_id] > 1]
-        decodes = [r.request_id for r in so.scheduled if so.num_scheduled_tokens[r.request_id] == 1]
+        # Called before the step's tokens are counted as computed. A request still computing its
+        # prompt is a prefill however few tokens it has (a 1-token prompt is one too).
+        prefills = [
+            r.request_id for r in so.scheduled if r.num_computed_tokens < r.num_prompt_tokens
+        ]
+        decodes = [
+            r.request_id for r in so.scheduled if r.num_computed_tokens >= r.num_prompt_tokens
+        ]
         self.steps.append(
             StepRecord(
                 time.perf_counter(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from folovllm.engine.detokenizer import IncrementalDetokenizer
 
 
@@ -32,3 +34,42 @@ def test_flush_emits_held_back_text_without_a_stop_string():
     detok.update(2)
     assert detok.flush() is None
     assert detok.text == " caf\ufffd"
+
+
+def sentencepiece_like_tokenizer():
+    """A Metaspace ("▁" marks a word start) Unigram tokenizer built in memory, as SentencePiece's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    corpus = ["Hello world, hello there.", "The world is wide and the sea is deep."] * 8
+    trainer = trainers.UnigramTrainer(vocab_size=60, special_tokens=["<unk>"], unk_token="<unk>")
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+@pytest.mark.parametrize("prompt,completion", [("Hello", " world is wide"), ("The", "re sea")])
+def test_first_output_token_is_decoded_after_the_prompt(prompt, completion):
+    """A leading "▁" renders as a space after a word but not at the start of a text."""
+    tok = sentencepiece_like_tokenizer()
+    prompt_ids = tok.encode(prompt)
+    all_ids = tok.encode(prompt + completion)
+    assert all_ids[: len(prompt_ids)] == prompt_ids, "the prompt must tokenize on its own"
+    output_ids = all_ids[len(prompt_ids) :]
+    expected = tok.decode(all_ids)[len(tok.decode(prompt_ids)) :]
+    assert expected == completion
+    detok = IncrementalDetokenizer(tok, prompt_ids, [])
+    for t in output_ids:
+        assert detok.update(t) is None
+    assert detok.text == completion
+
+
+def test_stop_string_is_searched_in_the_output_only():
+    tok = sentencepiece_like_tokenizer()
+    prompt_ids = tok.encode("Hello world")
+    output_ids = tok.encode("Hello world is wide")[len(prompt_ids) :]
+    detok = IncrementalDetokenizer(tok, prompt_ids, ["world"])  # in the prompt, not the output
+    assert [detok.update(t) for t in output_ids] == [None] * len(output_ids)
+    assert detok.text == " is wide"

@@ -3,19 +3,27 @@
 A token can end in the middle of a UTF-8 character or change how the previous token renders
 (byte-level BPE), so we decode a short window ``[prefix_offset, len)`` and emit only what is new
 beyond ``[prefix_offset, read_offset)``, holding text back while it ends in an incomplete character.
+
+The window starts on the prompt's last tokens (as vLLM's does): SentencePiece-style tokenizers
+render a piece differently at the start of a text ("▁the" is "the" there, " the" after a word), so
+the first output token must be decoded after what precedes it. ``text`` holds only the output.
 """
 
 from __future__ import annotations
+
+# Prompt tokens kept as context for the first output token (vLLM's initial offset).
+PROMPT_CONTEXT_TOKENS = 5
 
 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer, prompt_token_ids: list[int], stop: list[str]) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
-        self.token_ids: list[int] = []
+        # Only the prompt's tail is ever decoded again, so only the tail is kept.
+        self.token_ids: list[int] = list(prompt_token_ids[-PROMPT_CONTEXT_TOKENS:])
         self.text = ""
         self.prefix_offset = 0
-        self.read_offset = 0
+        self.read_offset = len(self.token_ids)
         # Longest stop string, so we only search the tail of the text each step.
         self._stop_window = max((len(s) for s in stop), default=0)
 

@@ -76,5 +76,17 @@ docs-serve: $(STAMP)
 	$(VPY) tools/milestones.py diffs
 	$(VPY) -m mkdocs serve
 
+# Exercises: make exercise-m3 FN=KVCacheManager.allocate_slots copies m3 to EXERCISE_DIR with that
+# function's body removed; make check-exercise runs the milestone's tests against it (tools/exercise.py).
+EXERCISE_DIR ?= $(or $(TMPDIR),/tmp)/folovllm-exercise
+
+exercise-m%: $(STAMP)
+	@test -n "$(FN)" || { echo "usage: make exercise-m$* FN=Class.method   (list: $(VPY) tools/exercise.py list)"; exit 2; }
+	$(VPY) tools/exercise.py make m$* $(FN) --dir $(EXERCISE_DIR)
+
+.PHONY: check-exercise
+check-exercise: $(STAMP)
+	$(VPY) tools/exercise.py check --dir $(EXERCISE_DIR)
+
 clean:
 	rm -rf site learn/diffs .pytest_cache .ruff_cache .coverage htmlcov

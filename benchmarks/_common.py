@@ -34,6 +34,25 @@ def import_engine(milestone: str):
     return importlib.import_module("folovllm")
 
 
+def add_engine_args(ap) -> None:
+    """Flags for options that later milestones add (ignored where unset)."""
+    ap.add_argument("--attention-backend", default=None, help="m4+: auto | torch | triton | flash")
+    ap.add_argument("--enforce-eager", action="store_true", help="m4+: no CUDA graphs")
+    ap.add_argument("--block-size", type=int, default=None, help="m3+: KV block size")
+
+
+def engine_options(args) -> dict[str, Any]:
+    """The later-milestone options that were given on the command line."""
+    opts: dict[str, Any] = {}
+    if getattr(args, "attention_backend", None):
+        opts["attention_backend"] = args.attention_backend
+    if getattr(args, "enforce_eager", False):
+        opts["enforce_eager"] = True
+    if getattr(args, "block_size", None):
+        opts["block_size"] = args.block_size
+    return opts
+
+
 def device_info() -> dict[str, Any]:
     import torch
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import import_engine  # noqa: E402
+from _common import add_engine_args, engine_options, import_engine  # noqa: E402
 
 PROMPTS = [
     "The for statement",
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument(
         "--tie", type=float, default=None, help="logit gap counted as a tie (default by dtype)"
     )
+    add_engine_args(ap)
     args = ap.parse_args()
 
     import torch
@@ -40,7 +41,7 @@ def main() -> None:
     from folovllm.model_executor.model_loader import resolve_model_path
 
     tie = args.tie if args.tie is not None else (1e-3 if args.dtype == "float32" else 0.125)
-    llm = fv.LLM(model=args.model, dtype=args.dtype, max_model_len=512)
+    llm = fv.LLM(model=args.model, dtype=args.dtype, max_model_len=512, **engine_options(args))
     device = llm.engine.model_config.device
     dtype = getattr(torch, args.dtype)
     hf = (
@@ -74,7 +75,8 @@ def main() -> None:
             )
             bad += gap >= tie
         print(
-            f"{fv.MILESTONE} {args.dtype} {device}: {out.prompt!r}: {same}/{len(ref)} agree; {verdict}"
+            f"{fv.MILESTONE} {args.dtype} {device} {engine_options(args)}: {out.prompt!r}: "
+            f"{same}/{len(ref)} agree; {verdict}"
         )
     sys.exit(1 if bad else 0)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call (see the device tool's README): checks, then times, every variant; JSON under $OUT.
-# Usage on the GPU machine: bash benchmarks/gpu_session.sh [m1] [m2] [m3]   (default: all)
+# Usage on the GPU machine: bash benchmarks/gpu_session.sh [m1] [m2] [m3] [m4check] [m4]
+#   (default: m1 m2 m3)
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results/raw}
@@ -25,6 +26,30 @@ for job in "${jobs[@]}"; do
        # profiled budget (gpu_memory_utilization 0.9).
     python3 benchmarks/compare.py --milestones m2 m3 --out "$OUT/m3_vs_m2.json" -- "${M[@]}" \
         --kv-cache-memory-gb 16 || echo "m2 vs m3 FAILED"
+    python3 benchmarks/throughput_test.py --milestone m3 "${M[@]}" --out "$OUT/m3_throughput.json" \
+        || echo "m3 full workload FAILED" ;;
+  m4check)  # correctness first: the GPU test set, greedy tokens vs transformers per backend.
+    (cd m4_flash && PYTHONPATH=. python3 -m pytest tests -m gpu -q -p no:cacheprovider -x \
+        2>&1 | tee "$OUT/m4_gpu_tests.log") || echo "m4 GPU tests FAILED"
+    for be in torch triton; do
+      for dt in float32 bfloat16; do
+        python3 benchmarks/gpu_check.py --milestone m4 --attention-backend $be --dtype $dt \
+            || echo "gpu_check m4 $be $dt: mismatch beyond near-ties"
+      done
+    done
+    python3 benchmarks/gpu_check.py --milestone m4 --attention-backend triton --enforce-eager \
+        --dtype float32 || echo "gpu_check m4 eager: mismatch" ;;
+  m4attn)  # attention alone: torch reference vs SDPA vs our kernels, with the roofline plot.
+    python3 benchmarks/attention_bench.py --out "$OUT/m4_attention.json" \
+        --plot "$OUT/m4_attention.png" || echo "attention bench FAILED" ;;
+  m4)  # batch-1 latency (m3, m4 eager, m4 graphs) and the nano-vllm workload (m3 vs m4).
+    L=(--input-len 128 --output-len 256 --num-iters 3)
+    python3 benchmarks/latency_test.py --milestone m3 "${M[@]}" "${L[@]}" --out "$OUT/m3_latency.json"
+    python3 benchmarks/latency_test.py --milestone m4 "${M[@]}" "${L[@]}" --enforce-eager \
+        --out "$OUT/m4_latency_eager.json"
+    python3 benchmarks/latency_test.py --milestone m4 "${M[@]}" "${L[@]}" --out "$OUT/m4_latency.json"
+    python3 benchmarks/throughput_test.py --milestone m4 "${M[@]}" --out "$OUT/m4_throughput.json" \
+        || echo "m4 full workload FAILED"
     python3 benchmarks/throughput_test.py --milestone m3 "${M[@]}" --out "$OUT/m3_throughput.json" \
         || echo "m3 full workload FAILED" ;;
   esac

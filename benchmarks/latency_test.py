@@ -17,7 +17,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_info, import_engine, peak_memory_bytes, write_json  # noqa: E402
+from _common import (
+    add_engine_args,
+    device_info,
+    engine_options,
+    import_engine,
+    peak_memory_bytes,
+    write_json,
+)  # noqa: E402
 
 
 def run_ours(fv, args, prompts) -> dict:
@@ -30,6 +37,7 @@ def run_ours(fv, args, prompts) -> dict:
         device=args.device,
         max_model_len=args.max_model_len,
         **({"max_batch_size": args.batch_size} if args.batch_size > 1 else {}),
+        **engine_options(args),
     )
     params = fv.SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
     llm.generate(
@@ -149,6 +157,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hf", action="store_true", help="also time transformers' generate")
     ap.add_argument("--out", default=None)
+    add_engine_args(ap)
     args = ap.parse_args()
 
     import torch

@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_info, import_engine, peak_memory_bytes, write_json  # noqa: E402
+from _common import (
+    add_engine_args,
+    device_info,
+    engine_options,
+    import_engine,
+    peak_memory_bytes,
+    write_json,
+)  # noqa: E402
 
 
 def make_workload(args) -> tuple[list[list[int]], list[int]]:
@@ -62,6 +69,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    add_engine_args(ap)
     args = ap.parse_args()
 
     import torch
@@ -77,6 +85,7 @@ def main() -> None:
         dtype=args.dtype,
         device=args.device,
         max_model_len=max_model_len,
+        **engine_options(args),
     )
     if has_milestone("m2_batching"):
         options.update(max_batch_size=args.batch_size, kv_cache_memory_gb=args.kv_cache_memory_gb)

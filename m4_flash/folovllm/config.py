@@ -42,6 +42,8 @@ LATER_FEATURES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "quantization": ("m7_gptq", (None,)),
 }
 
+ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash")
+
 # vLLM's name -> the seed's name (both are accepted; giving both with different values is an error).
 ALIASES = {"max_num_seqs": "max_batch_size"}
 
@@ -247,6 +249,10 @@ class EngineConfig:
             or self.num_gpu_blocks < 1
         ):
             raise ValueError(f"num_gpu_blocks must be an integer >= 1, got {self.num_gpu_blocks!r}")
+        if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}"
+            )
         if self.gpu_memory_utilization is not None and (
             isinstance(self.gpu_memory_utilization, bool)
             or not isinstance(self.gpu_memory_utilization, (int, float))

@@ -24,10 +24,8 @@ class SamplingMetadata:
     repetition_penalty: torch.Tensor | None  # [B] float32; 1 = off
     seen_token_ids: list[list[int]] | None  # prompt + output ids per row, for the penalty
     generators: dict[int, torch.Generator] = field(default_factory=dict)  # row -> seeded RNG
-
-    @property
-    def all_greedy(self) -> bool:
-        return bool((self.temperature == 0).all())
+    # Decided from the parameters on the host: asking the GPU would cost a sync every step.
+    all_greedy: bool = False
 
     @classmethod
     def from_requests(
@@ -38,7 +36,9 @@ class SamplingMetadata:
         generators: dict[str, torch.Generator] | None = None,
     ) -> SamplingMetadata:
         ps = [r.sampling_params for r in requests]
-        temperature = torch.tensor([p.temperature for p in ps], dtype=torch.float32, device=device)
+        temperatures = [p.temperature for p in ps]
+        all_greedy = not any(temperatures)
+        temperature = torch.tensor(temperatures, dtype=torch.float32).to(device, non_blocking=True)
         top_k = top_p = penalty = seen = None
         if any(p.top_k != -1 for p in ps):
             top_k = torch.tensor(
@@ -55,7 +55,7 @@ class SamplingMetadata:
         for i, r in enumerate(requests):
             if generators is not None and r.request_id in generators:
                 gens[i] = generators[r.request_id]
-        return cls(temperature, top_k, top_p, penalty, seen, gens)
+        return cls(temperature, top_k, top_p, penalty, seen, gens, all_greedy)
 
 
 def apply_repetition_penalty(

@@ -19,6 +19,7 @@ from folovllm.attention.backends.abstract import (
     AttentionImpl,
     AttentionMetadata,
     AttentionMetadataBuilder,
+    CommonAttentionMetadata,
 )
 
 
@@ -28,40 +29,33 @@ class TorchAttentionMetadata(AttentionMetadata):
     # request i's query tokens are [query_start_loc[i], query_start_loc[i + 1])
     query_start_loc: list[int]
     seq_lens: list[int]  # tokens in the cache for request i after this step (context + new)
-    block_tables: list[list[int]]  # the blocks holding each request's tokens, in order
+    block_tables: torch.Tensor  # [num_reqs, max_blocks] the blocks of each request, in order
     slot_mapping: torch.Tensor  # [num_tokens] flat cache index of each new token's K/V
     # Requests with one query token (decodes) are attended together in one padded batch.
     prefill_ids: list[int]  # indices of requests with more than one query token
     decode_token_idx: torch.Tensor | None = None  # [D] where each decode's token sits in the batch
-    decode_block_tables: torch.Tensor | None = None  # [D, max blocks] (padded with block 0)
+    decode_block_tables: torch.Tensor | None = None  # [D, max blocks] (padded)
     decode_seq_lens: torch.Tensor | None = None  # [D]
     max_decode_seq_len: int = 0
 
 
 class TorchAttentionMetadataBuilder(AttentionMetadataBuilder):
-    def build(
-        self,
-        query_start_loc: list[int],
-        seq_lens: list[int],
-        block_tables: list[list[int]],
-        slot_mapping: torch.Tensor,
-    ) -> TorchAttentionMetadata:
+    def build(self, common: CommonAttentionMetadata) -> TorchAttentionMetadata:
+        query_start_loc, seq_lens = common.query_start_loc_cpu, common.seq_lens_cpu
         q_lens = [b - a for a, b in zip(query_start_loc, query_start_loc[1:])]
         decodes = [i for i, n in enumerate(q_lens) if n == 1]
         md = TorchAttentionMetadata(
-            query_start_loc[-1],
+            common.num_actual_tokens,
             query_start_loc,
             seq_lens,
-            block_tables,
-            slot_mapping,
+            common.block_table,
+            common.slot_mapping[: common.num_actual_tokens].long(),
             prefill_ids=[i for i, n in enumerate(q_lens) if n > 1],
         )
         if decodes:
-            as_long = dict(dtype=torch.long, device=slot_mapping.device)
+            as_long = dict(dtype=torch.long, device=common.slot_mapping.device)
             md.decode_token_idx = torch.tensor([query_start_loc[i] for i in decodes], **as_long)
-            width = max(len(block_tables[i]) for i in decodes)
-            padded = [block_tables[i] + [0] * (width - len(block_tables[i])) for i in decodes]
-            md.decode_block_tables = torch.tensor(padded, **as_long)
+            md.decode_block_tables = common.block_table[md.decode_token_idx.new_tensor(decodes)]
             md.decode_seq_lens = torch.tensor([seq_lens[i] for i in decodes], **as_long)
             md.max_decode_seq_len = max(seq_lens[i] for i in decodes)
         return md
@@ -95,7 +89,7 @@ class TorchAttentionImpl(AttentionImpl):
         qsl = metadata.query_start_loc
         for i in metadata.prefill_ids:
             seq_len, start, end = metadata.seq_lens[i], qsl[i], qsl[i + 1]
-            blocks = torch.tensor(metadata.block_tables[i], dtype=torch.long, device=q.device)
+            blocks = metadata.block_tables[i, : -(-seq_len // k_cache.shape[1])].long()
             qi = q[start:end].transpose(0, 1)  # [heads, q_len, dim]
             ki = k_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1)  # [kv_heads, seq_len, dim]
             vi = v_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1)
@@ -127,7 +121,7 @@ class TorchAttentionImpl(AttentionImpl):
         """
         length = md.max_decode_seq_len
         num_decodes, group = md.decode_token_idx.shape[0], self.num_heads // self.num_kv_heads
-        table = md.decode_block_tables[:, : -(-length // k_cache.shape[1])]
+        table = md.decode_block_tables[:, : -(-length // k_cache.shape[1])].long()
         qd = q[md.decode_token_idx].view(num_decodes, self.num_kv_heads, group, self.head_dim)
         kd = k_cache[table].flatten(1, 2)[:, :length].transpose(1, 2)  # [D, kv_heads, L, dim]
         vd = v_cache[table].flatten(1, 2)[:, :length].transpose(1, 2)

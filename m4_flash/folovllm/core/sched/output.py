@@ -13,6 +13,8 @@ class SchedulerOutput:
     num_scheduled_tokens: dict[str, int]  # request_id -> tokens to compute this step
     block_tables: dict[str, list[int]]  # request_id -> ids of the KV blocks holding its tokens
     finished_req_ids: set[str] = field(default_factory=set)  # freed since the last step
+    # preempted since the last step: their blocks are gone, the runner drops their rows
+    preempted_req_ids: set[str] = field(default_factory=set)
 
     @property
     def total_num_scheduled_tokens(self) -> int:

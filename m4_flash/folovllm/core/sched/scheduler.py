@@ -32,6 +32,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()
+        self.preempted_req_ids: set[str] = set()
         self.num_preemptions = 0
 
     # -- queues ---------------------------------------------------------------------------------
@@ -82,10 +83,11 @@ class Scheduler:
             num_tokens[req.request_id] = n
             budget -= n
         finished, self.finished_req_ids = self.finished_req_ids, set()
+        preempted_ids, self.preempted_req_ids = self.preempted_req_ids, set()
         tables = {
             r.request_id: self.kv_cache_manager.get_block_ids(r.request_id) for r in scheduled
         }
-        return SchedulerOutput(scheduled, num_tokens, tables, finished)
+        return SchedulerOutput(scheduled, num_tokens, tables, finished, preempted_ids)
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
@@ -93,6 +95,7 @@ class Scheduler:
         req.num_computed_tokens = 0  # recompute its K/V when it runs again
         req.transition(RequestStatus.PREEMPTED)
         self.waiting.appendleft(req)
+        self.preempted_req_ids.add(req.request_id)
         self.num_preemptions += 1
 
     def update_from_output(

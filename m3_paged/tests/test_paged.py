@@ -119,9 +119,9 @@ def test_profile_run_executes_the_largest_step_and_rebinds_the_cache(tiny_qwen3)
     runner = engine.runner
     real = [layer.self_attn.attn.kv_cache for layer in runner.model.model.layers]
     scratch_bytes = runner._profile_run(300)
-    assert (
-        scratch_bytes == sum(-(-n // 16) for n in (128, 128, 44)) * 16 * 1024
-    )  # blocks x 16 x bytes/token
+    blocks = max(sum(-(-n // 16) for n in (128, 128, 44)), runner.max_num_seqs)
+    assert scratch_bytes == blocks * 16 * 1024  # blocks x 16 x bytes/token
+    assert all(layer.self_attn.attn.kv_cache is None for layer in runner.model.model.layers)
     runner.kv_caches = runner._allocate_kv_cache(
         runner.num_blocks
     )  # what __init__ does after profiling
@@ -143,3 +143,54 @@ def run_one(engine: LLMEngine) -> list[list[int]]:
         for out in engine.step():
             done[out.request_id] = out.token_ids
     return [done[rid]]
+
+
+GiB = 2**30
+
+
+def test_kv_cache_budget_is_utilization_of_total_minus_what_is_used():
+    from folovllm.worker.model_runner import kv_cache_budget
+
+    # 80 GiB card at 0.9: 72 GiB ours, 2 GiB already in use, 1 GiB peak activations -> 69 GiB.
+    assert kv_cache_budget(80 * GiB, 78 * GiB, 1 * GiB, 0.9) == 69 * GiB
+    with pytest.raises(ValueError, match=r"gpu_memory_utilization >= 0\.05"):
+        kv_cache_budget(80 * GiB, 78 * GiB, 1 * GiB, 0.03, min_bytes=1 * GiB)
+
+
+def test_profile_measures_the_sampler_and_frees_the_scratch_cache(tiny_qwen3, monkeypatch):
+    """A fake 80 GiB device: the budget follows gpu_memory_utilization, the sampler runs on
+    max_num_seqs rows with top-k/top-p, and the scratch cache is unbound before empty_cache()."""
+    engine = make(tiny_qwen3, max_num_batched_tokens=300, max_num_seqs=8)
+    runner = engine.runner
+    layers = runner.model.model.layers
+    rows, events, scratch = [], [], {}
+    sample = runner.sampler.forward
+
+    def spy_sampler(logits, md):
+        rows.append((logits.shape[0], md.top_k is not None and md.top_p is not None))
+        return sample(logits, md)
+
+    profile_run = runner._profile_run
+
+    def spy_profile_run(n):
+        scratch["bytes"] = profile_run(n)
+        return scratch["bytes"]
+
+    def empty_cache():
+        events.append([layer.self_attn.attn.kv_cache for layer in layers])
+
+    monkeypatch.setattr(runner.sampler, "forward", spy_sampler)
+    monkeypatch.setattr(runner, "_profile_run", spy_profile_run)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (78 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * GiB)
+    monkeypatch.setattr(
+        torch.cuda, "max_memory_allocated", lambda device=None: 3 * GiB + scratch["bytes"]
+    )
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    assert runner._profile_free_memory(0.9, 300) == 69 * GiB
+    assert (8, True) in rows  # max_num_seqs rows, with top-k and top-p
+    assert events == [[None] * len(layers)]  # nothing holds the scratch cache any more
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        runner._profile_free_memory(0.03, 300, min_bytes=GiB)

@@ -45,6 +45,7 @@ class LLMEngine:
             config.cache_config,
             self.scheduler_config.max_num_batched_tokens,
             keep_logits=keep_logits,
+            max_num_seqs=self.scheduler_config.max_num_seqs,
         )
         self.kv_cache_manager = KVCacheManager(self.runner.num_blocks, self.runner.block_size)
         self.scheduler = Scheduler(self.scheduler_config, self.kv_cache_manager, self.max_model_len)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from folovllm.attention.backends import get_attn_backend
-from folovllm.config import CacheConfig, ModelConfig
+from folovllm.config import DEFAULT_MAX_NUM_SEQS, CacheConfig, ModelConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.forward_context import set_forward_context
 from folovllm.model_executor.models import get_model
@@ -21,6 +21,28 @@ from folovllm.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 DEFAULT_CPU_KV_BYTES = 2 * 2**30  # without kv_cache_memory_gb on the CPU
+
+
+def kv_cache_budget(
+    total: int, free: int, peak_activations: int, utilization: float, min_bytes: int = 1
+) -> int:
+    """Bytes the KV cache may take: ``total * utilization`` minus what is already in use (weights,
+    other processes: ``total - free``) minus the peak activations of the largest step.
+
+    Raises ValueError naming gpu_memory_utilization when that leaves less than ``min_bytes``.
+    """
+    used = total - free
+    budget = int(total * utilization) - used - peak_activations
+    if budget < min_bytes:
+        needed = (used + peak_activations + min_bytes) / total
+        raise ValueError(
+            f"gpu_memory_utilization={utilization} allows {total * utilization / 2**30:.2f} GiB of "
+            f"{total / 2**30:.2f} GiB, but {used / 2**30:.2f} GiB are in use (weights, other "
+            f"processes) and the peak activations take {peak_activations / 2**30:.2f} GiB, leaving "
+            f"less than the {min_bytes / 2**30:.2f} GiB the KV cache needs: set "
+            f"gpu_memory_utilization >= {needed:.3f}"
+        )
+    return budget
 
 
 @dataclass
@@ -37,10 +59,12 @@ class ModelRunner:
         cache_config: CacheConfig,
         max_num_batched_tokens: int,
         keep_logits: bool = False,
+        max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
     ) -> None:
         self.model_config = model_config
         self.device, self.dtype = model_config.device, model_config.dtype
         self.max_model_len = model_config.max_model_len
+        self.max_num_seqs = max_num_seqs  # rows the sampler may get in one step (profile run)
         self.keep_logits = keep_logits
         torch.manual_seed(model_config.seed)
         self.model = get_model(model_config)
@@ -65,7 +89,9 @@ class ModelRunner:
                 budget = int(cache_config.kv_cache_memory_gb * 2**30)
             elif self.device.type == "cuda":
                 budget = self._profile_free_memory(
-                    cache_config.gpu_memory_utilization, max_num_batched_tokens
+                    cache_config.gpu_memory_utilization,
+                    max_num_batched_tokens,
+                    self.max_model_len * self.model_config.kv_bytes_per_token,
                 )
             else:
                 budget = DEFAULT_CPU_KV_BYTES
@@ -78,7 +104,9 @@ class ModelRunner:
         return num_blocks
 
     @torch.inference_mode()
-    def _profile_free_memory(self, utilization: float, max_num_batched_tokens: int) -> int:
+    def _profile_free_memory(
+        self, utilization: float, max_num_batched_tokens: int, min_bytes: int = 1
+    ) -> int:
         """Bytes left for KV after the weights and the peak activations of a full-budget step
         (vLLM's profile run): run the largest batch once with a scratch cache and measure."""
         free, total = torch.cuda.mem_get_info(self.device)
@@ -88,8 +116,8 @@ class ModelRunner:
         scratch_bytes = self._profile_run(max_num_batched_tokens)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - before - scratch_bytes
-        torch.cuda.empty_cache()
-        budget = int(total * utilization) - used_by_others_and_weights - peak
+        torch.cuda.empty_cache()  # the scratch cache is unbound and dropped by now
+        budget = kv_cache_budget(total, free, peak, utilization, min_bytes)
         logger.info(
             "profile: %.2f GiB in use before, %.2f GiB peak activations, %.2f GiB left for KV at utilization %.2f",
             used_by_others_and_weights / 2**30,
@@ -101,8 +129,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _profile_run(self, max_num_batched_tokens: int) -> int:
-        """Run the largest step once (max_num_batched_tokens prompt tokens, in requests of at most
-        max_model_len) on a scratch cache; return the scratch cache's bytes."""
+        """Run the largest steps once on a scratch cache and return its bytes: a prefill of
+        max_num_batched_tokens prompt tokens (requests of at most max_model_len), then a decode of
+        max_num_seqs requests whose logits go through the sampler with top-k and top-p (float32
+        [max_num_seqs, vocab] plus the sort buffers). The scratch cache is unbound at the end."""
         lens, remaining = [], max_num_batched_tokens
         while remaining > 0:
             lens.append(min(remaining, self.max_model_len))
@@ -115,13 +145,34 @@ class ModelRunner:
         for r in reqs:
             n = -(-r.num_prompt_tokens // self.block_size)
             tables[r.request_id], first = list(range(first, first + n)), first + n
-        scratch = self._allocate_kv_cache(first, log=False)
-        so = SchedulerOutput(reqs, {r.request_id: r.num_prompt_tokens for r in reqs}, tables)
-        input_ids, positions, md, logits_indices = self._prepare_inputs(so)
-        with set_forward_context(md):
-            hidden = self.model(input_ids, positions)
-        self.model.compute_logits(hidden[logits_indices])
-        return sum(c.numel() * c.element_size() for c in scratch)
+        # Decode-shaped: max_num_seqs requests of one block each, the last token new.
+        params = SamplingParams(temperature=1.0, top_k=1, top_p=0.9, max_tokens=1)
+        decodes = [
+            Request(f"profile-decode-{i}", None, [0] * self.block_size, params)
+            for i in range(self.max_num_seqs)
+        ]
+        for i, r in enumerate(decodes):
+            r.num_computed_tokens = self.block_size - 1
+            tables[r.request_id] = [i]
+        scratch = self._allocate_kv_cache(max(first, len(decodes)), log=False)
+        scratch_bytes = sum(c.numel() * c.element_size() for c in scratch)
+        for so in (
+            SchedulerOutput(reqs, {r.request_id: r.num_prompt_tokens for r in reqs}, tables),
+            SchedulerOutput(decodes, {r.request_id: 1 for r in decodes}, tables),
+        ):
+            input_ids, positions, md, logits_indices = self._prepare_inputs(so)
+            with set_forward_context(md):
+                hidden = self.model(input_ids, positions)
+            logits = self.model.compute_logits(hidden[logits_indices])
+            del hidden
+            sampling = SamplingMetadata.from_requests(so.scheduled, logits.shape[-1], self.device)
+            self.sampler(logits, sampling)
+            del logits
+        # Unbind and drop the scratch cache so that empty_cache() can really give it back.
+        for layer in self.model.model.layers:
+            layer.self_attn.attn.kv_cache = None
+        del scratch
+        return scratch_bytes
 
     def _allocate_kv_cache(self, num_blocks: int, log: bool = True) -> list[torch.Tensor]:
         arch = self.model_config.arch

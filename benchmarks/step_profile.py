@@ -1,6 +1,8 @@
-"""Where does one engine step spend its time? cProfile over a few decode steps of one milestone.
+"""Where does one engine step spend its time? A per-step timeline (wall ms, GPU ms of the model
+forward, GPU idle share) and cProfile over a few decode steps of one milestone.
 
 python benchmarks/step_profile.py --milestone m3 --model folo-tiny --batch 4 --steps 20
+python benchmarks/step_profile.py --milestone m4 --model Qwen/Qwen3-0.6B --dummy-weights --batch 256
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import import_engine  # noqa: E402
+from _common import add_engine_args, engine_options, import_engine, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -24,6 +26,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--context", type=int, default=64, help="prompt tokens per request")
+    ap.add_argument("--out", default=None)
+    add_engine_args(ap)
     args = ap.parse_args()
 
     import torch
@@ -35,13 +40,14 @@ def main() -> None:
     llm = fv.LLM(
         model=args.model,
         load_format="dummy" if args.dummy_weights else "auto",
-        max_model_len=1024,
+        max_model_len=args.context + 2 * args.steps + 64,
         **opts,
+        **engine_options(args),
     )
     engine = llm.engine
     params = fv.SamplingParams(temperature=0, max_tokens=2 * args.steps + 10, ignore_eos=True)
     for i in range(args.batch):
-        engine.add_request(list(range(10 + i, 74 + i)), params)
+        engine.add_request([(7 * i + j) % 5000 + 10 for j in range(args.context)], params)
     for _ in range(5):  # prefill and warm-up
         engine.step()
 
@@ -51,6 +57,7 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
+    timeline = gpu_timeline(engine, args.steps) if torch.cuda.is_available() else {}
     t0 = time.perf_counter()
     steps()
     per_step = (time.perf_counter() - t0) / args.steps
@@ -59,7 +66,58 @@ def main() -> None:
     print(
         f"{fv.MILESTONE}: {per_step * 1e3:.2f} ms per decode step at batch {engine.get_num_unfinished_requests()}"
     )
+    if timeline:
+        print(
+            f"timeline: wall {timeline['wall_ms']:.2f} ms/step, model forward on the GPU "
+            f"{timeline['gpu_forward_ms']:.2f} ms/step -> GPU idle {timeline['gpu_idle_share']:.0%} "
+            f"of the step (CPU work the GPU waits for: schedule, inputs, sampling, detokenize)"
+        )
     pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+    write_json(args.out, {"milestone": fv.MILESTONE, "batch": args.batch, "context": args.context,
+                          "ms_per_step": per_step * 1e3, **timeline})  # fmt: skip
+
+
+def gpu_timeline(engine, num_steps: int) -> dict:
+    """Time each step's model forward with CUDA events (wrapping the model's forward) against the
+    step's wall time; the difference is time the GPU sat idle waiting for the host."""
+    import torch
+
+    model = engine.runner.model
+    events = []
+    original = model.forward
+
+    def timed(*a, **kw):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = original(*a, **kw)
+        end.record()
+        events.append((start, end))
+        return out
+
+    # A graph replay bypasses model.forward: time the runner's whole forward instead when present.
+    target = engine.runner
+    name = "_forward" if hasattr(target, "_forward") else None
+    if name:
+        original = getattr(target, name)
+        setattr(target, name, timed)
+    else:
+        model.forward = timed
+    walls = []
+    try:
+        for _ in range(num_steps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            engine.step()
+            torch.cuda.synchronize()
+            walls.append(time.perf_counter() - t0)
+    finally:
+        if name:
+            setattr(target, name, original)
+        else:
+            model.forward = original
+    gpu = sum(s.elapsed_time(e) for s, e in events) / len(walls)
+    wall = sum(walls) / len(walls) * 1e3
+    return {"wall_ms": wall, "gpu_forward_ms": gpu, "gpu_idle_share": max(0.0, 1 - gpu / wall)}
 
 
 if __name__ == "__main__":

@@ -58,3 +58,20 @@ def test_both_languages_cite_the_same_numbers():
         a = sorted(set(dn.placeholders(zh.read_text(encoding="utf-8"))))
         b = sorted(set(dn.placeholders(en.read_text(encoding="utf-8"))))
         assert a == b, f"{zh.parent.name}: NOTE.md and NOTE.en.md cite different numbers"
+
+
+def test_quoted_code_paths_link_to_the_repository_outside_code_blocks():
+    base = "https://example.org/repo/blob/main/"
+    lines = [
+        "see `m3_paged/folovllm/core/kv_cache_manager.py: KVCacheManager.allocate_slots` here",
+        "```text",
+        "`m3_paged/folovllm/core/block_pool.py`",
+        "```",
+        "and [`tools/milestones.py`](x) stays",
+    ]
+    out = dn.link_code(lines, base)
+    assert out[0] == (
+        "see [`m3_paged/folovllm/core/kv_cache_manager.py: KVCacheManager.allocate_slots`]"
+        "(https://example.org/repo/blob/main/m3_paged/folovllm/core/kv_cache_manager.py) here"
+    )
+    assert out[1:] == lines[1:]

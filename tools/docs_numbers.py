@@ -30,6 +30,7 @@ go stale. ``render(text)`` is the same substitution for scripts and tests.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from functools import cache
@@ -230,6 +231,25 @@ def placeholders(text: str) -> list[str]:
 # --------------------------------------------------------------------------- the MkDocs side
 
 _current_page = ["<page>"]
+_code_base = [""]  # "<repo_url>/blob/<branch>/" when the site knows its repository
+CODE_PATH = re.compile(
+    r"(?<![\[\w])`((?:m\d+_\w+|benchmarks|tools|examples|tests)/[\w./-]+\.(?:py|md|toml|sh|json))((?::[^`]*)?)`"
+)
+FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def link_code(lines: list[str], base: str) -> list[str]:
+    """`m3_paged/folovllm/x.py: Cls.fn` outside code blocks -> a link to the file in the repository."""
+    out, fenced = [], False
+    for line in lines:
+        if FENCE.match(line):
+            fenced = not fenced
+        elif not fenced:
+            line = CODE_PATH.sub(
+                lambda m: f"[`{m.group(1)}{m.group(2)}`]({base}{m.group(1)})", line
+            )
+        out.append(line)
+    return out
 
 
 def _extension():
@@ -240,7 +260,8 @@ def _extension():
         def run(self, lines: list[str]) -> list[str]:
             page = _current_page[0]
             try:
-                return render("\n".join(lines), page).split("\n")
+                lines = render("\n".join(lines), page).split("\n")
+                return link_code(lines, _code_base[0]) if _code_base[0] else lines
             except NumberError as exc:
                 from mkdocs.exceptions import PluginError
 
@@ -255,6 +276,10 @@ def _extension():
 
 
 def on_config(config, **kwargs):
+    # With repo_url set (FOLOVLLM_REPO_URL), file paths the notes quote link to the code.
+    if config.repo_url:
+        branch = os.environ.get("FOLOVLLM_REPO_BRANCH", "main")
+        _code_base[0] = f"{config.repo_url.rstrip('/')}/blob/{branch}/"
     config.markdown_extensions.append(_extension())
     return config
 

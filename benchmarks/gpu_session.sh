@@ -42,7 +42,7 @@ for job in "${jobs[@]}"; do
   m4attn)  # attention alone: torch reference vs SDPA vs our kernels, with the roofline plot.
     python3 benchmarks/attention_bench.py --out "$OUT/m4_attention.json" \
         --plot "$OUT/m4_attention.png" || echo "attention bench FAILED" ;;
-  m4)  # batch-1 latency (m3, m4 eager, m4 graphs) and the nano-vllm workload (m3 vs m4).
+  m4)  # batch-1 latency (m3, m4 eager, m4 graphs), the nano-vllm workload (m4, m3), a step profile.
     L=(--input-len 128 --output-len 256 --num-iters 3)
     python3 benchmarks/latency_test.py --milestone m3 "${M[@]}" "${L[@]}" --out "$OUT/m3_latency.json"
     python3 benchmarks/latency_test.py --milestone m4 "${M[@]}" "${L[@]}" --enforce-eager \
@@ -50,6 +50,8 @@ for job in "${jobs[@]}"; do
     python3 benchmarks/latency_test.py --milestone m4 "${M[@]}" "${L[@]}" --out "$OUT/m4_latency.json"
     python3 benchmarks/throughput_test.py --milestone m4 "${M[@]}" --out "$OUT/m4_throughput.json" \
         || echo "m4 full workload FAILED"
+    python3 benchmarks/step_profile.py --milestone m4 "${M[@]}" --batch 256 --context 512 \
+        --steps 20 --top 20 --out "$OUT/m4_step_profile.json" || echo "m4 step profile FAILED"
     python3 benchmarks/throughput_test.py --milestone m3 "${M[@]}" --out "$OUT/m3_throughput.json" \
         || echo "m3 full workload FAILED" ;;
   esac

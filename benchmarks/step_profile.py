@@ -40,15 +40,24 @@ def main() -> None:
     llm = fv.LLM(
         model=args.model,
         load_format="dummy" if args.dummy_weights else "auto",
-        max_model_len=args.context + 2 * args.steps + 64,
+        max_model_len=args.context + 4 * args.steps + args.batch * args.context // 2048 + 64,
         **opts,
         **engine_options(args),
     )
     engine = llm.engine
-    params = fv.SamplingParams(temperature=0, max_tokens=2 * args.steps + 10, ignore_eos=True)
+    # Long enough that every request is still decoding after the prefill steps and 3 x steps.
+    prefill_steps = args.batch * args.context // 2048 + 5
+    params = fv.SamplingParams(
+        temperature=0, max_tokens=4 * args.steps + prefill_steps + 10, ignore_eos=True
+    )
     for i in range(args.batch):
         engine.add_request([(7 * i + j) % 5000 + 10 for j in range(args.context)], params)
-    for _ in range(5):  # prefill and warm-up
+    # Prefill everyone (a step with only one-token rows means all are decoding), then warm up.
+    while engine.scheduler.waiting or any(
+        r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.running
+    ):
+        engine.step()
+    for _ in range(3):
         engine.step()
 
     def steps() -> None:

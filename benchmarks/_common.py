@@ -13,7 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def milestone_dir(name: str) -> Path:
-    """'m2' or 'm2_batching' -> the milestone directory."""
+    """'m2' or 'm2_batching' -> the milestone directory; a path to a directory (a snapshot of
+    an earlier state of a milestone, for before/after runs) is used as it is."""
+    if "/" in name and Path(name).is_dir():
+        return Path(name).resolve()
     prefix = name.split("_")[0]
     matches = sorted(p for p in ROOT.glob(f"{prefix}_*") if p.is_dir())
     if not matches:

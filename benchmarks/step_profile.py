@@ -81,36 +81,60 @@ def main() -> None:
             f"{timeline['gpu_forward_ms']:.2f} ms/step -> GPU idle {timeline['gpu_idle_share']:.0%} "
             f"of the step (CPU work the GPU waits for: schedule, inputs, sampling, detokenize)"
         )
+        print("host ms per step:", {k: round(v, 2) for k, v in timeline["host_ms"].items()})
     pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
     write_json(args.out, {"milestone": fv.MILESTONE, "batch": args.batch, "context": args.context,
                           "ms_per_step": per_step * 1e3, **timeline})  # fmt: skip
 
 
 def gpu_timeline(engine, num_steps: int) -> dict:
-    """Time each step's model forward with CUDA events (wrapping the model's forward) against the
-    step's wall time; the difference is time the GPU sat idle waiting for the host."""
+    """Per step: wall ms, host ms in each phase (schedule, prepare inputs, update from output),
+    and GPU ms of the model forward (CUDA events around the graph replay or the eager forward).
+    The GPU is idle for ``1 - gpu / wall`` of the step: host work it waited for."""
     import torch
 
-    model = engine.runner.model
+    runner = engine.runner
+    host = {"schedule": 0.0, "prepare_inputs": 0.0, "update_from_output": 0.0}
     events = []
-    original = model.forward
+    patched = []
 
-    def timed(*a, **kw):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        out = original(*a, **kw)
-        end.record()
-        events.append((start, end))
-        return out
+    def wrap_host(obj, name, bucket):
+        original = getattr(obj, name)
 
-    # A graph replay bypasses model.forward: time the runner's whole forward instead when present.
-    target = engine.runner
-    name = "_forward" if hasattr(target, "_forward") else None
-    if name:
-        original = getattr(target, name)
-        setattr(target, name, timed)
-    else:
-        model.forward = timed
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **kw)
+            finally:
+                host[bucket] += time.perf_counter() - t0
+
+        setattr(obj, name, timed)
+        patched.append((obj, name, original))
+
+    def wrap_gpu(obj, name):
+        original = getattr(obj, name)
+
+        def timed(*a, **kw):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = original(*a, **kw)
+            end.record()
+            events.append((start, end))
+            return out
+
+        setattr(obj, name, timed)
+        patched.append((obj, name, original))
+
+    wrap_host(engine.scheduler, "schedule", "schedule")
+    wrap_host(engine.scheduler, "update_from_output", "update_from_output")
+    if hasattr(runner, "input_batch"):  # m4+
+        wrap_host(runner.input_batch, "prepare", "prepare_inputs")
+    graph_runner = getattr(runner, "graph_runner", None)
+    wrap_gpu(
+        graph_runner if graph_runner is not None else runner.model,
+        "replay" if graph_runner is not None else "forward",
+    )
     walls = []
     try:
         for _ in range(num_steps):
@@ -120,13 +144,17 @@ def gpu_timeline(engine, num_steps: int) -> dict:
             torch.cuda.synchronize()
             walls.append(time.perf_counter() - t0)
     finally:
-        if name:
-            setattr(target, name, original)
-        else:
-            model.forward = original
-    gpu = sum(s.elapsed_time(e) for s, e in events) / len(walls)
-    wall = sum(walls) / len(walls) * 1e3
-    return {"wall_ms": wall, "gpu_forward_ms": gpu, "gpu_idle_share": max(0.0, 1 - gpu / wall)}
+        for obj, name, original in reversed(patched):
+            setattr(obj, name, original)
+    n = len(walls)
+    gpu = sum(s.elapsed_time(e) for s, e in events) / n
+    wall = sum(walls) / n * 1e3
+    return {
+        "wall_ms": wall,
+        "gpu_forward_ms": gpu,
+        "gpu_idle_share": max(0.0, 1 - gpu / wall),
+        "host_ms": {k: v / n * 1e3 for k, v in host.items()},
+    }
 
 
 if __name__ == "__main__":

@@ -183,3 +183,22 @@ def test_input_batch_prepares_inputs_and_pads_for_graphs():
     ib.prepare(SchedulerOutput([c], {"c": 1}, {"c": [1]}))
     assert ib.req_to_row["c"] != ib.req_to_row["b"]
     assert len(ib.req_to_row) == 2
+
+
+def test_deferred_detokenization_gives_the_same_text(tiny_qwen3):
+    """Requests without stop strings are decoded when they end (finish or abort), not per step:
+    the text is the same as decoding every token."""
+    engine = LLMEngine(EngineConfig(model=str(tiny_qwen3), device="cpu", max_model_len=64))
+    done = engine.add_request("The for statement", SamplingParams(temperature=0, max_tokens=9))
+    aborted = engine.add_request("A list", SamplingParams(temperature=0, max_tokens=30))
+    for _ in range(4):
+        engine.step()
+    assert engine.detokenizers[aborted].num_output_tokens == 0  # nothing decoded yet
+    out = engine.abort_request(aborted)
+    assert out.token_ids and out.text == engine.tokenizer.decode(
+        out.token_ids, skip_special_tokens=True
+    )
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            assert o.request_id == done
+            assert o.text == engine.tokenizer.decode(o.token_ids, skip_special_tokens=True)

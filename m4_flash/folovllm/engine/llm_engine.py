@@ -110,6 +110,10 @@ class LLMEngine:
         if req is None or req.is_finished:
             return None
         self.scheduler.finish_requests([req], RequestStatus.FINISHED_ABORTED)
+        detok = self.detokenizers[request_id]
+        detok.catch_up(req.output_token_ids)  # the text of what was generated before the abort
+        detok.flush()
+        req.output_text = detok.text
         self.stats.record_finished(req)
         return self._pop_output(req)
 
@@ -135,8 +139,11 @@ class LLMEngine:
         for req_id, token_id in zip(out.req_ids, out.sampled_token_ids):
             req = by_id[req_id]
             detok = self.detokenizers[req_id]
-            stop_str = detok.update(token_id)
+            # Text is needed now only to find stop strings (no streaming here): the others are
+            # decoded once, when they end (m4: detokenizing is off the per-step path).
+            stop_str = detok.update(token_id) if detok.stop else None
             if stop_str is None and req in finished:
+                detok.catch_up(req.output_token_ids)
                 stop_str = detok.flush()  # held-back text may complete a stop string too
             if stop_str is not None and req in finished:
                 # The token also hit max_tokens and the scheduler has already freed the request:

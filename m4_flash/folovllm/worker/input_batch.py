@@ -72,8 +72,14 @@ class InputBatch:
             row = self.req_to_row[req.request_id] = self.free_rows.pop()
             self.num_tokens[row] = self.num_blocks[row] = 0
         have, want = int(self.num_tokens[row]), req.num_tokens
-        if want > have:
-            self.token_ids[row, have:want] = req.all_token_ids[have:want]
+        if want > have:  # usually one sampled token; the whole prompt for a new row
+            prompt = req.prompt_token_ids
+            if have < len(prompt):
+                self.token_ids[row, have : len(prompt)] = prompt[have:]
+                have = len(prompt)
+            if want > have:
+                p = len(prompt)
+                self.token_ids[row, have:want] = req.output_token_ids[have - p : want - p]
             self.num_tokens[row] = want
         have, want = int(self.num_blocks[row]), len(block_ids)
         if want > have:

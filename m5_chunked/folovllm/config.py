@@ -132,6 +132,8 @@ class SchedulerConfig:
     max_model_len: int | None = None
     enable_chunked_prefill: bool = False
     max_chunk_size: int | None = None
+    # vLLM's name for the cap on one request's chunk per step (None or 0: no cap beyond the budget)
+    long_prefill_token_threshold: int | None = None
 
 
 @dataclass
@@ -161,6 +163,7 @@ class EngineConfig:
     attention_backend: str | None = None
     enable_chunked_prefill: bool | None = None
     max_chunk_size: int | None = None
+    long_prefill_token_threshold: int | None = None  # m5, vLLM's name; see resolve_scheduler_config
     enable_prefix_caching: bool | None = None
     quantization: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -223,7 +226,7 @@ class EngineConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.enforce_eager, bool):
             raise ValueError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
-        for name in ("max_batch_size", "max_num_batched_tokens"):
+        for name in ("max_batch_size", "max_num_batched_tokens", "max_chunk_size"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
@@ -261,6 +264,28 @@ class EngineConfig:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
             )
+        t = self.long_prefill_token_threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise ValueError(f"long_prefill_token_threshold must be an integer >= 0, got {t!r}")
+        if self.enable_chunked_prefill is not None and not isinstance(
+            self.enable_chunked_prefill, bool
+        ):
+            raise ValueError(
+                f"enable_chunked_prefill must be a bool, got {self.enable_chunked_prefill!r}"
+            )
+        if self.enable_chunked_prefill is False:
+            for name in ("max_chunk_size", "long_prefill_token_threshold"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} needs enable_chunked_prefill=True (it is False)")
+        else:
+            block = self.block_size or CacheConfig.block_size
+            name = "max_num_batched_tokens" if self.max_num_batched_tokens else "max_chunk_size"
+            budget = getattr(self, name)
+            if budget is not None and budget < block:
+                raise ValueError(
+                    f"{name}={budget} is smaller than block_size={block}: a step could not fill "
+                    f"even one KV block"
+                )
 
     # -- resolved views ---------------------------------------------------------------------------
     def resolve_device(self) -> torch.device:
@@ -293,6 +318,9 @@ class EngineConfig:
             max_num_seqs=self.max_batch_size or DEFAULT_MAX_NUM_SEQS,
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_model_len=self.max_model_len,
+            enable_chunked_prefill=self.enable_chunked_prefill is not False,  # on by default (m5)
+            max_chunk_size=self.max_chunk_size,
+            long_prefill_token_threshold=self.long_prefill_token_threshold,
         )
 
 
@@ -301,11 +329,57 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 
 
 def resolve_scheduler_config(config: SchedulerConfig, max_model_len: int) -> SchedulerConfig:
-    """Fill in the token budget once the model's max_model_len is known, and check it."""
-    budget = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, max_model_len)
-    if budget < max_model_len:
-        raise ValueError(
-            f"max_num_batched_tokens={budget} is smaller than max_model_len={max_model_len}: "
-            f"without chunked prefill (m5_chunked) a whole prompt must fit in one step"
+    """Fill in the token budget once the model's max_model_len is known, and check it.
+
+    With chunked prefill (m5, on by default) the step's one token budget is, in this order:
+    ``max_num_batched_tokens`` (vLLM's name) if given, else ``max_chunk_size`` (the seed's name), else
+    8192. ``max_chunk_size`` is the most prompt tokens one request computes in one step: alone it is
+    also the budget; given together with ``max_num_batched_tokens``, the latter wins for the budget and
+    ``max_chunk_size`` caps each request's chunk, like vLLM's ``long_prefill_token_threshold`` (give
+    one of those two, or equal values). Without chunking a whole prompt must fit in one step (m4).
+    """
+    chunk, threshold = config.max_chunk_size, config.long_prefill_token_threshold or None
+    if not config.enable_chunked_prefill:
+        budget = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, max_model_len)
+        if budget < max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens={budget} is smaller than max_model_len={max_model_len}: "
+                f"without chunked prefill (enable_chunked_prefill=False) a whole prompt must fit "
+                f"in one step"
+            )
+        return SchedulerConfig(config.max_num_seqs, budget, max_model_len)
+    name, budget = "max_num_batched_tokens", config.max_num_batched_tokens
+    if budget is None:
+        name, budget = (
+            ("max_chunk_size", chunk) if chunk else (name, DEFAULT_MAX_NUM_BATCHED_TOKENS)
         )
-    return SchedulerConfig(config.max_num_seqs, budget, max_model_len)
+    elif chunk is not None:
+        if chunk > budget:
+            raise ValueError(
+                f"max_chunk_size={chunk} is larger than max_num_batched_tokens={budget}: one "
+                f"request's chunk cannot exceed the step's budget"
+            )
+        if threshold is not None and threshold != chunk:
+            raise ValueError(
+                f"max_chunk_size={chunk} and long_prefill_token_threshold={threshold} are the same "
+                f"setting (the cap on one request's chunk); give one"
+            )
+        threshold = chunk
+    if chunk is not None and chunk > max_model_len:
+        raise ValueError(
+            f"max_chunk_size={chunk} is larger than max_model_len={max_model_len}: no prompt has "
+            f"that many tokens"
+        )
+    if threshold is not None and threshold > budget:
+        raise ValueError(
+            f"long_prefill_token_threshold={threshold} is larger than {name}={budget}: the cap on "
+            f"one request's chunk cannot exceed the step's budget"
+        )
+    return SchedulerConfig(
+        config.max_num_seqs,
+        budget,
+        max_model_len,
+        enable_chunked_prefill=True,
+        max_chunk_size=chunk,
+        long_prefill_token_threshold=threshold,
+    )

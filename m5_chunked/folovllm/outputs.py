@@ -19,6 +19,13 @@ class RequestMetrics:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     num_preemptions: int = 0
+    token_times: list[float] = field(default_factory=list)  # when each output token came
+
+    @property
+    def itl(self) -> list[float]:
+        """Inter-token latencies: the gaps between consecutive output tokens (m5)."""
+        t = self.token_times
+        return [b - a for a, b in zip(t, t[1:])]
 
     @property
     def ttft(self) -> float | None:
@@ -54,6 +61,7 @@ class RequestMetrics:
             num_prompt_tokens=req.num_prompt_tokens,
             num_output_tokens=req.num_output_tokens,
             num_preemptions=req.num_preemptions,
+            token_times=list(req.output_token_times),
         )
 
 

@@ -84,6 +84,7 @@ class Request:
         self.first_scheduled_time: float | None = None
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
+        self.output_token_times: list[float] = []  # when each output token came (m5: ITL)
         self.finished_time: float | None = None
 
     # -- tokens ---------------------------------------------------------------------------------
@@ -108,6 +109,7 @@ class Request:
         if self.first_token_time is None:
             self.first_token_time = now
         self.last_token_time = now
+        self.output_token_times.append(now)
         self.output_token_ids.append(token_id)
 
     # -- state machine --------------------------------------------------------------------------

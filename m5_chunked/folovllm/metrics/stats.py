@@ -73,6 +73,9 @@ class EngineStats:
             "ttft_p99": percentile(ttft, 99),
             "e2e_mean": statistics.fmean(e2e) if e2e else float("nan"),
         }
+        itl = sorted(x for m in done for x in m.itl)
+        if itl:
+            out.update(itl_p50=percentile(itl, 50), itl_p99=percentile(itl, 99), itl_max=itl[-1])
         if tpot:
             out.update(
                 tpot_mean=statistics.fmean(tpot),

@@ -285,8 +285,19 @@ class ModelRunner:
             self.input_batch.remove(req_id)  # its blocks are gone; it comes back as a new row
         if so.is_empty:
             return ModelRunnerOutput([], [])
-        logits = self.model.compute_logits(self._forward(so))
-        reqs = so.scheduled
+        hidden, reqs = self._forward(so), so.scheduled
+        # m5: a row whose prompt is still being chunked yields no token (vLLM's discard mask): it
+        # is not sampled, so its seeded RNG does not advance and no stop check sees it.
+        done = [
+            i
+            for i, r in enumerate(reqs)
+            if r.num_computed_tokens + so.num_scheduled_tokens[r.request_id] >= r.num_tokens
+        ]
+        if len(done) < len(reqs):
+            if not done:
+                return ModelRunnerOutput([], [])
+            hidden, reqs = hidden[torch.tensor(done, device=self.device)], [reqs[i] for i in done]
+        logits = self.model.compute_logits(hidden)
         md = SamplingMetadata.from_requests(
             reqs, logits.shape[-1], self.device, self._generators(reqs)
         )

@@ -7,6 +7,13 @@ and token budget remain. A request that finishes leaves at once and its blocks g
 When a running request needs a block and none is free, the newest running request is preempted:
 its blocks are freed and it returns to the front of the waiting queue, to be recomputed later
 (vLLM's recompute preemption). Its tokens so far are kept, so its output does not change.
+
+m5 (chunked prefill, vLLM v1 / Sarathi-Serve): no prefill or decode phase. A request only has
+``num_computed_tokens`` against ``num_tokens``; each step spends one budget of
+``max_num_batched_tokens`` tokens on running requests first (decodes, and the next chunk of a prompt
+that is mid-prefill), then on waiting prompts, cut to what is left. ``long_prefill_token_threshold``
+caps one request's chunk so a huge prompt cannot take the whole budget. A request whose prompt is
+not finished gets no token this step (the runner does not sample it).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ class Scheduler:
     ) -> None:
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.chunked = config.enable_chunked_prefill
+        self.threshold = config.long_prefill_token_threshold or None  # 0 / None: no cap
         self.max_model_len = max_model_len
         self.kv_cache_manager = kv_cache_manager
         self.waiting: deque[Request] = deque()
@@ -53,9 +62,9 @@ class Scheduler:
         # 1. Running requests decode one token each; free blocks by preempting the newest if needed.
         preempted = False
         i = 0
-        while i < len(self.running):
+        while i < len(self.running) and (budget > 0 or not self.chunked):
             req = self.running[i]
-            n = req.num_tokens - req.num_computed_tokens
+            n = self._num_new_tokens(req, budget)
             while self.kv_cache_manager.allocate_slots(req, n) is None:
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -71,9 +80,9 @@ class Scheduler:
         #    Not after a preemption: the freed blocks would be taken back at once (thrashing).
         while self.waiting and len(self.running) < self.max_num_seqs and not preempted:
             req = self.waiting[0]
-            n = req.num_tokens - req.num_computed_tokens
-            if n > budget:
-                break  # no chunked prefill yet (m5): the whole prompt must fit in this step
+            n = self._num_new_tokens(req, budget)
+            if n > budget or n == 0:
+                break  # without chunking the whole prompt must fit; with it, the budget is spent
             if self.kv_cache_manager.allocate_slots(req, n) is None:
                 break  # not enough free blocks: wait for running requests to finish
             self.waiting.popleft()
@@ -89,6 +98,13 @@ class Scheduler:
         }
         return SchedulerOutput(scheduled, num_tokens, tables, finished, preempted_ids)
 
+    def _num_new_tokens(self, req: Request, budget: int) -> int:
+        """Tokens to compute for ``req`` this step: all it has left, or with chunking a chunk."""
+        n = req.num_tokens - req.num_computed_tokens
+        if self.chunked:
+            n = min(n, budget, self.threshold or n)
+        return n
+
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
         self.kv_cache_manager.free(req)
@@ -101,12 +117,14 @@ class Scheduler:
     def update_from_output(
         self, so: SchedulerOutput, req_ids: list[str], sampled_token_ids: list[int]
     ) -> list[Request]:
-        """Apply the sampled tokens; retire requests that hit a token-level stop."""
+        """Advance every scheduled request; apply the sampled tokens (a request whose prompt is
+        still being chunked has none); retire requests that hit a token-level stop."""
         by_id = {r.request_id: r for r in so.scheduled}
+        for req in so.scheduled:
+            req.num_computed_tokens += so.num_scheduled_tokens[req.request_id]
         finished = []
         for req_id, token_id in zip(req_ids, sampled_token_ids):
             req = by_id[req_id]
-            req.num_computed_tokens += so.num_scheduled_tokens[req_id]
             req.append_output_token(token_id)
             status = check_stop(req, self.max_model_len)
             if status is not None:

@@ -56,6 +56,18 @@ def engine_options(args) -> dict[str, Any]:
     return opts
 
 
+# The H100's measured device-to-device copy rate (bytes read + written per second), the bandwidth
+# every "share of the floor" is judged against; --bandwidth overrides it for other cards.
+H100_COPY_BYTES_PER_S = 3.02e12
+
+
+def add_floor_args(ap) -> None:
+    ap.add_argument(
+        "--bandwidth", type=float, default=H100_COPY_BYTES_PER_S,
+        help="memory bandwidth for the floor, bytes/s (default: the H100's measured 3.02e12)",
+    )  # fmt: skip
+
+
 def device_info() -> dict[str, Any]:
     import torch
 

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     add_engine_args,
+    add_floor_args,
     device_info,
     engine_options,
     import_engine,
@@ -62,7 +63,13 @@ def run_ours(fv, args, prompts) -> dict:
             }
         )
     mc = llm.engine.model_config
-    return _summarise(runs, mc.arch.num_parameters() * mc.dtype.itemsize)
+    result = _summarise(runs, mc.arch.num_parameters() * mc.dtype.itemsize)
+    # The floor: every decode step reads the weights once and the K/V of every context token.
+    mean_context = args.input_len + args.output_len / 2
+    step_bytes = result["weight_bytes"] + args.batch_size * mean_context * mc.kv_bytes_per_token
+    result["floor_tpot_s"] = step_bytes / args.bandwidth
+    result["share_of_floor"] = result["floor_tpot_s"] / result["tpot_s"]
+    return result
 
 
 def run_hf(args, prompts) -> dict:
@@ -158,6 +165,7 @@ def main() -> None:
     ap.add_argument("--hf", action="store_true", help="also time transformers' generate")
     ap.add_argument("--out", default=None)
     add_engine_args(ap)
+    add_floor_args(ap)
     args = ap.parse_args()
 
     import torch
@@ -191,6 +199,11 @@ def main() -> None:
             f"{name:14s} {r['ttft_s'] * 1e3:9.2f} {r['tpot_s'] * 1e3:9.2f} {r['e2e_s']:8.3f} "
             f"{r['tokens_per_s']:9.1f} {r['decode_weight_GBps']:12.1f} {r['peak_memory_bytes'] / 2**20:9.0f}"
         )
+    ours = results["folovllm"]
+    print(
+        f"hardware floor for TPOT (weights + KV once per step at {args.bandwidth / 1e12:.2f} TB/s): "
+        f"{ours['floor_tpot_s'] * 1e3:.3f} ms -> FoloVLLM at {ours['share_of_floor']:.0%} of the floor"
+    )
     write_json(args.out, report)
 
 

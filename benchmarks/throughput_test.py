@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     add_engine_args,
+    add_floor_args,
     device_info,
     engine_options,
     import_engine,
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     add_engine_args(ap)
+    add_floor_args(ap)
     args = ap.parse_args()
 
     import torch
@@ -110,6 +112,14 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
 
     out_tokens = sum(len(o.token_ids) for o in outs)
+    # The floor: each step reads the weights once; producing output token t of a request reads
+    # the K/V of its prompt and its first t - 1 outputs (prefill reads the prompt once).
+    mc = llm.engine.model_config
+    kv_token_reads = sum(len(p) * m + m * (m - 1) // 2 for p, m in zip(prompts, max_tokens))
+    num_steps = len(llm.engine.stats.steps)
+    weight_bytes = mc.arch.num_parameters() * mc.dtype.itemsize
+    floor_bytes = num_steps * weight_bytes + kv_token_reads * mc.kv_bytes_per_token
+    floor_s = floor_bytes / args.bandwidth
     assert out_tokens == sum(max_tokens), "ignore_eos: every request must produce max_tokens"
     stats = llm.engine.stats.summary()
     stats["num_preemptions"] = (
@@ -130,6 +140,14 @@ def main() -> None:
         "output_tokens_per_s": out_tokens / elapsed,
         "requests_per_s": len(outs) / elapsed,
         "peak_memory_bytes": peak_memory_bytes(),
+        "floor": {
+            "bytes": floor_bytes,
+            "kv_token_reads": kv_token_reads,
+            "bandwidth_bytes_per_s": args.bandwidth,
+            "seconds": floor_s,
+            "output_tokens_per_s": out_tokens / floor_s,
+            "share": floor_s / elapsed,
+        },
         "engine_stats": stats,
     }
     where = result["device"].get("gpu", result["device"]["cpu"])
@@ -145,6 +163,10 @@ def main() -> None:
         if "kv_utilization" in stats:
             print(f", KV utilization (used/reserved) {stats['kv_utilization']:.1%}", end="")
         print()
+    print(
+        f"hardware floor ({floor_bytes / 1e12:.2f} TB moved at {args.bandwidth / 1e12:.2f} TB/s): "
+        f"{floor_s:.2f} s = {out_tokens / floor_s:,.0f} tok/s -> this run at {floor_s / elapsed:.0%} of the floor"
+    )
     write_json(args.out, result)
 
 

@@ -143,10 +143,10 @@ def _paged_attention_kernel(
     )
 
 
-def tile_rows(group: int, max_query_len: int) -> tuple[int, int]:
+def tile_rows(group: int, max_query_len: int, block_m: int | None = None) -> tuple[int, int]:
     """(BLOCK_Q, BLOCK_M): 16 rows for decode-only batches, 64 rows when queries are longer."""
     group_pad = triton.next_power_of_2(group)
-    rows = MIN_DOT_ROWS if max_query_len == 1 else 64
+    rows = block_m or (MIN_DOT_ROWS if max_query_len == 1 else 64)
     block_m = max(rows, group_pad)
     return block_m // group_pad, block_m
 
@@ -166,6 +166,7 @@ def paged_attention(
     block_n: int = 64,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    block_m: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of every query token over its sequence's paged K/V.
 
@@ -176,7 +177,7 @@ def paged_attention(
     num_heads, head_dim = q.shape[1], q.shape[2]
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
-    block_q, block_m = tile_rows(group, max_query_len)
+    block_q, block_m = tile_rows(group, max_query_len, block_m)
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)
     extra = {}
     if num_warps is not None:

@@ -1,6 +1,7 @@
 """Every milestone >= m1 gives the same greedy tokens on the same tiny model (lineage of behaviour).
 
-Each milestone runs in its own process with only its own ``folovllm`` on the path.
+Each milestone runs in its own process with only its own ``folovllm`` on the path. Milestones with
+chunked prefill (m5+) run a second time with a 5-token budget, so the prompts are cut into chunks.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ PROMPTS = [
 ]
 MAX_TOKENS = [24, 9, 30, 16]
 TIE = 1e-4
+CHUNKED = {"max_num_batched_tokens": 5, "block_size": 4}  # m5+: prompts cut into chunks
+RUNS = [(m, {}) for m in MILESTONES] + [(m, CHUNKED) for m in MILESTONES if int(m[1]) >= 5]
 
 SCRIPT = """
 import json, sys
 from folovllm import LLM, SamplingParams, MILESTONE
-llm = LLM(model=sys.argv[1], device="cpu", dtype="float32")
+llm = LLM(model=sys.argv[1], device="cpu", dtype="float32", **json.loads(sys.argv[4]))
 prompts, max_tokens = json.loads(sys.argv[2]), json.loads(sys.argv[3])
 params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in max_tokens]
 outs = llm.generate(prompts, params, use_tqdm=False)
@@ -46,10 +49,11 @@ def _make_checkpoint():
     return mod.make_checkpoint
 
 
-def run_milestone(milestone: str, model: Path) -> dict:
+def run_milestone(milestone: str, model: Path, options: dict | None = None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT / milestone))
+    args = [str(model), json.dumps(PROMPTS), json.dumps(MAX_TOKENS), json.dumps(options or {})]
     res = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(model), json.dumps(PROMPTS), json.dumps(MAX_TOKENS)],
+        [sys.executable, "-c", SCRIPT, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -76,7 +80,10 @@ def hf_margin(model: Path, ids: list[int]) -> float:
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
 def test_all_milestones_agree(tmp_path, kind):
     model = _make_checkpoint()(tmp_path / kind, kind)
-    results = {m: run_milestone(m, model) for m in MILESTONES}
+    results = {
+        m + "".join(f" {k}={v}" for k, v in kw.items()): run_milestone(m, model, kw)
+        for m, kw in RUNS
+    }
     ref_name = MILESTONES[0]
     ref = results[ref_name]
     for name, res in results.items():

@@ -274,6 +274,13 @@ def test_greedy_tokens_equal_chunking_off(unchunked, budget):
         assert len(t) == len(o.token_ids) and t == sorted(t) and len(o.metrics.itl) == len(t) - 1
 
 
+def test_triton_backend_chunked_equals_chunking_off(unchunked):
+    """The Triton kernels (interpreter on a CPU) read earlier chunks' K/V from the paged cache."""
+    pytest.importorskip("triton")
+    model, want = unchunked
+    assert generate(model, max_num_batched_tokens=16, attention_backend="triton")[0] == want
+
+
 def test_partial_prefill_rows_are_not_sampled_and_keep_their_rng(tiny_qwen3):
     """A seeded random request gives the same tokens chunked or not: its RNG never advanced on
     a partial prefill (and no other row's randomness leaked into it)."""
@@ -368,3 +375,22 @@ def test_budget_mapping():
     assert resolved(max_num_batched_tokens=256, max_chunk_size=64) == (256, 64, True)
     assert resolved(max_num_batched_tokens=256, long_prefill_token_threshold=64) == (256, 64, True)
     assert resolved(enable_chunked_prefill=False) == (8192, None, False)
+
+
+@pytest.mark.gpu
+def test_gpu_chunked_with_graphs_equals_chunking_off(tiny_qwen3):
+    """On the GPU (``-m gpu``): compiled kernels, decode graphs between chunked steps, fp32."""
+    kw = dict(device="cuda", dtype="float32", max_model_len=128, attention_backend="triton")
+
+    def run(**extra):
+        engine = LLMEngine(EngineConfig(model=str(tiny_qwen3), **kw, **extra))
+        ids = [
+            engine.add_request(p, SamplingParams(temperature=0, max_tokens=m, ignore_eos=True))
+            for p, m in zip(PROMPTS, MAX_TOKENS)
+        ]
+        done = {}
+        while engine.has_unfinished_requests():
+            done.update((o.request_id, o.token_ids) for o in engine.step())
+        return [done[i] for i in ids]
+
+    assert run(max_num_batched_tokens=16) == run(enable_chunked_prefill=False)

@@ -344,8 +344,8 @@ def resolve_scheduler_config(config: SchedulerConfig, max_model_len: int) -> Sch
         if budget < max_model_len:
             raise ValueError(
                 f"max_num_batched_tokens={budget} is smaller than max_model_len={max_model_len}: "
-                f"without chunked prefill (enable_chunked_prefill=False) a whole prompt must fit "
-                f"in one step"
+                f"without chunked prefill (m5_chunked) a whole prompt must fit in one step "
+                f"(enable_chunked_prefill=False here)"
             )
         return SchedulerConfig(config.max_num_seqs, budget, max_model_len)
     name, budget = "max_num_batched_tokens", config.max_num_batched_tokens

@@ -1,10 +1,10 @@
-"""m3 benchmark: m2 (contiguous rows) vs m3 (paged blocks) under the same KV memory, same run.
+"""m4 benchmark: m3 (torch reference attention, eager) vs m4 (Triton kernels, device metadata,
+CUDA graphs) on the same workload, same run.
 
-Reports KV utilization (used / reserved token slots), how many requests ran at once, preemptions
-and throughput.
-
-    python bench.py                      # the repo's tiny model on this machine
-    python bench.py --model Qwen/Qwen3-0.6B --dummy-weights --kv-cache-memory-gb 8
+    python bench.py             # CPU: the repo's tiny model, a small workload (the torch backend
+                                # on both sides: the step's host work is what differs)
+    python bench.py --gpu       # GPU: Qwen3-0.6B shape with dummy weights, nano-vllm's workload,
+                                # then batch-1 latency of both and the attention roofline
 Extra arguments go to benchmarks/throughput_test.py (through benchmarks/compare.py).
 """
 
@@ -13,24 +13,27 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def run(script: str, *args: str) -> int:
+    return subprocess.call([sys.executable, str(BENCH / script), *args])
+
 
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["--gpu"]:
+        model = ["--model", "Qwen/Qwen3-0.6B", "--dummy-weights"]
+        rc = run("compare.py", "--milestones", "m3", "m4", "--", *model, *args[1:])
+        for m in ("m3", "m4"):
+            rc |= run("latency_test.py", "--milestone", m, *model, "--input-len", "128",
+                      "--output-len", "256")  # fmt: skip
+        rc |= run("attention_bench.py", "--quick")
+        sys.exit(rc)
     has_tiny = (ROOT / "models" / "folo-tiny" / "config.json").is_file()
     model = (
         ["--model", "folo-tiny"] if has_tiny else ["--model", "Qwen/Qwen3-0.6B", "--dummy-weights"]
     )
-    # 24 requests, lengths 16-64, and KV memory for about 8 full-length rows.
     small = ["--num-seqs", "24", "--min-input-len", "16", "--max-input-len", "64"]
     small += ["--min-output-len", "16", "--max-output-len", "64", "--vocab-cap", "1000"]
-    kv_gb = 0.004 if has_tiny else 0.8
-    args = sys.argv[1:] or model + small + ["--kv-cache-memory-gb", str(kv_gb)]
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "compare.py"),
-        "--milestones",
-        "m2",
-        "m3",
-        "--",
-        *args,
-    ]
-    sys.exit(subprocess.call(cmd))
+    sys.exit(run("compare.py", "--milestones", "m3", "m4", "--", *(args or model + small)))

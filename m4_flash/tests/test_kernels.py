@@ -196,7 +196,8 @@ def test_split_kv_padding_sequence():
 
 
 def test_choose_num_splits():
-    assert choose_num_splits(1, 8, 132) == 32  # 264 programs / 8 heads -> 33 -> 32
+    assert choose_num_splits(1, 8, 132) == 64  # 528 programs / 8 heads -> 66 -> 64
+    assert choose_num_splits(16, 8, 132) == 4  # 528 / 128 -> 4
     assert choose_num_splits(256, 8, 132) == 1
     assert choose_num_splits(1, 1, 132, max_splits=16) == 16
 

@@ -104,6 +104,7 @@ def scenario_a(engine, fv, args, num_long: int, long_len: int, rng) -> dict[str,
     ]
     while any(not d.times[r] for r in bg):  # every background prompt prefilled
         d.step()
+    t_steady = time.perf_counter()
     for _ in range(args.steady_steps):
         d.step()
     t_inject = time.perf_counter()
@@ -119,7 +120,7 @@ def scenario_a(engine, fv, args, num_long: int, long_len: int, rng) -> dict[str,
     for r in bg:
         t = d.times[r]
         for a, b in zip(t, t[1:]):
-            if b <= t_inject:
+            if a >= t_steady and b <= t_inject:
                 gaps_steady.append(b - a)
             elif b <= t_end:
                 gaps_window.append(b - a)

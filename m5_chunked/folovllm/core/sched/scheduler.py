@@ -59,7 +59,8 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         scheduled: list[Request] = []
         num_tokens: dict[str, int] = {}
-        # 1. Running requests decode one token each; free blocks by preempting the newest if needed.
+        # 1. Running requests: a decode takes one token, a prompt mid-prefill its next chunk (m5);
+        #    free blocks by preempting the newest if needed.
         preempted = False
         i = 0
         while i < len(self.running) and (budget > 0 or not self.chunked):

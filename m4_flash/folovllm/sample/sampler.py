@@ -38,24 +38,31 @@ class SamplingMetadata:
         ps = [r.sampling_params for r in requests]
         temperatures = [p.temperature for p in ps]
         all_greedy = not any(temperatures)
-        temperature = torch.tensor(temperatures, dtype=torch.float32).to(device, non_blocking=True)
+        temperature = _to_device(temperatures, torch.float32, device)
         top_k = top_p = penalty = seen = None
         if any(p.top_k != -1 for p in ps):
-            top_k = torch.tensor(
-                [p.top_k if p.top_k != -1 else vocab_size for p in ps], device=device
+            top_k = _to_device(
+                [p.top_k if p.top_k != -1 else vocab_size for p in ps], torch.long, device
             )
         if any(p.top_p < 1.0 for p in ps):
-            top_p = torch.tensor([p.top_p for p in ps], dtype=torch.float32, device=device)
+            top_p = _to_device([p.top_p for p in ps], torch.float32, device)
         if any(p.repetition_penalty != 1.0 for p in ps):
-            penalty = torch.tensor(
-                [p.repetition_penalty for p in ps], dtype=torch.float32, device=device
-            )
+            penalty = _to_device([p.repetition_penalty for p in ps], torch.float32, device)
             seen = [r.all_token_ids for r in requests]
         gens = {}
         for i, r in enumerate(requests):
             if generators is not None and r.request_id in generators:
                 gens[i] = generators[r.request_id]
         return cls(temperature, top_k, top_p, penalty, seen, gens, all_greedy)
+
+
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list on the device without a sync: a copy from pageable memory waits for the
+    stream (the forward) to finish; from pinned memory it is queued behind it."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def apply_repetition_penalty(

@@ -51,6 +51,16 @@ for job in "${jobs[@]}"; do
         --steps 20 --top 20 --out "$OUT/m4_step_profile.json" || echo "m4 step profile FAILED"
     python3 benchmarks/throughput_test.py --milestone m3 "${M[@]}" \
         --out "$OUT/m4_baseline_m3_throughput.json" || echo "m3 full workload FAILED" ;;
+  m5check)  # the m5 GPU test set (m4's plus chunked steps between decode graphs), log under $OUT.
+    (cd m5_chunked && PYTHONPATH=. python3 -m pytest tests -m gpu -q -p no:cacheprovider -x \
+        2>&1 | tee "$OUT/m5_gpu_tests.log") || echo "m5 GPU tests FAILED" ;;
+  m5)  # prefill/decode interference, m4 vs m5 at budgets 512 / 2048 / 8192 (4 files: 3 JSON + PNG),
+       # then the nano-vllm workload for m5 (chunked, budget 8192) and m4 in the same call.
+    python3 m5_chunked/bench.py --out-dir "$OUT" "${M[@]}" || echo "m5 interference FAILED"
+    python3 benchmarks/throughput_test.py --milestone m5 "${M[@]}" --out "$OUT/m5_throughput.json" \
+        || echo "m5 full workload FAILED"
+    python3 benchmarks/throughput_test.py --milestone m4 "${M[@]}" \
+        --out "$OUT/m5_baseline_m4_throughput.json" || echo "m4 full workload FAILED" ;;
   before)  # the fast path's "before": an earlier snapshot of a milestone carried in .snap/NAME
     for snap in .snap/*; do
       python3 benchmarks/throughput_test.py --milestone "$snap" "${M[@]}" \

@@ -42,6 +42,7 @@ def add_engine_args(ap) -> None:
     ap.add_argument("--attention-backend", default=None, help="m4+: auto | torch | triton | flash")
     ap.add_argument("--enforce-eager", action="store_true", help="m4+: no CUDA graphs")
     ap.add_argument("--block-size", type=int, default=None, help="m3+: KV block size")
+    ap.add_argument("--kv-cache-dtype", default=None, help="m4+: auto | fp8")
 
 
 def engine_options(args) -> dict[str, Any]:
@@ -53,6 +54,8 @@ def engine_options(args) -> dict[str, Any]:
         opts["enforce_eager"] = True
     if getattr(args, "block_size", None):
         opts["block_size"] = args.block_size
+    if getattr(args, "kv_cache_dtype", None):
+        opts["kv_cache_dtype"] = args.kv_cache_dtype
     return opts
 
 

@@ -43,6 +43,8 @@ LATER_FEATURES: dict[str, tuple[str, tuple[Any, ...]]] = {
 }
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash")
+# kv_cache_dtype -> the cache's element type (None: the model's dtype).
+KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn}
 
 # vLLM's name -> the seed's name (both are accepted; giving both with different values is an error).
 ALIASES = {"max_num_seqs": "max_batch_size"}
@@ -121,6 +123,7 @@ class CacheConfig:
     kv_cache_memory_gb: float | None = None
     num_gpu_blocks: int | None = None
     enable_prefix_caching: bool = False
+    kv_cache_dtype: str = "auto"  # auto: the model's dtype; fp8: float8 e4m3 (m4)
 
 
 @dataclass
@@ -149,6 +152,8 @@ class EngineConfig:
     load_format: str = "auto"  # auto | safetensors | dummy (random weights from config.json)
     seed: int = 0
     enforce_eager: bool = False
+    # m4: "fp8" stores K/V as float8 e4m3 (scale 1.0): half the bytes, some accuracy lost.
+    kv_cache_dtype: str = "auto"
     # -- later milestones -----------------------------------------------------------------------
     max_batch_size: int | None = None
     max_num_seqs: int | None = None
@@ -249,6 +254,15 @@ class EngineConfig:
             or self.num_gpu_blocks < 1
         ):
             raise ValueError(f"num_gpu_blocks must be an integer >= 1, got {self.num_gpu_blocks!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype must be one of {tuple(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"
+            )
+        if self.kv_cache_dtype == "fp8" and self.attention_backend == "flash":
+            raise ValueError(
+                "kv_cache_dtype='fp8' is not supported by attention_backend='flash' (flash-attn 2 "
+                "reads bf16/fp16 caches); use attention_backend='triton' or 'torch'"
+            )
         if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}"
@@ -285,6 +299,7 @@ class EngineConfig:
             gpu_memory_utilization=self.gpu_memory_utilization or defaults.gpu_memory_utilization,
             kv_cache_memory_gb=self.kv_cache_memory_gb,
             num_gpu_blocks=self.num_gpu_blocks,
+            kv_cache_dtype=self.kv_cache_dtype,
         )
 
     @property

@@ -202,3 +202,25 @@ def test_deferred_detokenization_gives_the_same_text(tiny_qwen3):
         for o in engine.step():
             assert o.request_id == done
             assert o.text == engine.tokenizer.decode(o.token_ids, skip_special_tokens=True)
+
+
+def test_fp8_kv_cache_halves_the_bytes_and_backends_agree(tiny_qwen3):
+    """kv_cache_dtype="fp8": the same KV memory holds twice the blocks; the Triton kernels and
+    the torch reference give the same tokens over the fp8 cache (fp32 compute, interpreter)."""
+    pytest.importorskip("triton")
+    mem = dict(kv_cache_memory_gb=0.001)
+    auto = LLMEngine(EngineConfig(model=str(tiny_qwen3), device="cpu", max_model_len=64, **mem))
+    fp8 = LLMEngine(
+        EngineConfig(
+            model=str(tiny_qwen3), device="cpu", max_model_len=64, kv_cache_dtype="fp8", **mem
+        )
+    )
+    assert fp8.runner.kv_caches[0].dtype == torch.float8_e4m3fn
+    assert 4 * fp8.runner.block_bytes == auto.runner.block_bytes  # fp32 model: 4 bytes -> 1
+    assert fp8.runner.num_blocks >= 4 * auto.runner.num_blocks
+    torch_fp8 = generate(tiny_qwen3, kv_cache_dtype="fp8", attention_backend="torch")
+    assert generate(tiny_qwen3, kv_cache_dtype="fp8", attention_backend="triton") == torch_fp8
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
+        EngineConfig(kv_cache_dtype="int8")
+    with pytest.raises(ValueError, match="not supported by attention_backend='flash'"):
+        EngineConfig(kv_cache_dtype="fp8", attention_backend="flash")

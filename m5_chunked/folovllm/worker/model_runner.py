@@ -15,7 +15,7 @@ import torch
 
 from folovllm.attention.backends import select_attn_backend
 from folovllm.attention.backends.abstract import CommonAttentionMetadata
-from folovllm.config import CacheConfig, ModelConfig
+from folovllm.config import KV_CACHE_DTYPES, CacheConfig, ModelConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.forward_context import set_forward_context
 from folovllm.model_executor.models import get_model
@@ -77,6 +77,9 @@ class ModelRunner:
         self.keep_logits = keep_logits
         torch.manual_seed(model_config.seed)
         # Chosen before the model is built: every Attention layer asks for it.
+        if cache_config.kv_cache_dtype == "fp8" and attention_backend in (None, "auto"):
+            if self.device.type == "cuda":
+                attention_backend = "triton"  # flash-attn 2 cannot read an fp8 cache
         self.attn_backend = select_attn_backend(
             attention_backend, self.device.type, cache_config.block_size
         )
@@ -88,7 +91,10 @@ class ModelRunner:
         self.block_size = (
             cache_config.block_size if cache_config.enable_paged_kv else self.max_model_len
         )
-        self.block_bytes = self.block_size * model_config.kv_bytes_per_token
+        # The cache's element type: the model's, or float8 e4m3 for kv_cache_dtype="fp8".
+        self.kv_dtype = KV_CACHE_DTYPES[cache_config.kv_cache_dtype] or self.dtype
+        self.kv_bytes_per_token = model_config.arch.kv_bytes_per_token(self.kv_dtype)
+        self.block_bytes = self.block_size * self.kv_bytes_per_token
         self.input_batch = InputBatch(
             max_num_seqs, max_num_batched_tokens, self.max_model_len, self.block_size, self.device
         )
@@ -126,7 +132,7 @@ class ModelRunner:
                 budget = self._profile_free_memory(
                     cache_config.gpu_memory_utilization,
                     max_num_batched_tokens,
-                    self.max_model_len * self.model_config.kv_bytes_per_token,
+                    self.max_model_len * self.kv_bytes_per_token,
                 )
             else:
                 budget = DEFAULT_CPU_KV_BYTES
@@ -218,7 +224,7 @@ class ModelRunner:
         )
         caches = []
         for layer in self.model.model.layers:
-            cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
             layer.self_attn.attn.kv_cache = cache
             caches.append(cache)
         if log:

@@ -116,8 +116,11 @@ def _paged_attention_kernel(
             + kv_head * c_stride_head
         )
         kv_mask = n_valid[:, None] & dim_valid[None, :]
+        # .to(): an fp8 cache is widened to the query's dtype in registers (half the bytes read)
         k = tl.load(k_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        k = k.to(q_ptr.dtype.element_ty)
         v = tl.load(v_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        v = v.to(q_ptr.dtype.element_ty)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:

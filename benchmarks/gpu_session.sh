@@ -61,6 +61,22 @@ for job in "${jobs[@]}"; do
         || echo "m5 full workload FAILED"
     python3 benchmarks/throughput_test.py --milestone m4 "${M[@]}" \
         --out "$OUT/m5_baseline_m4_throughput.json" || echo "m4 full workload FAILED" ;;
+  fastpath)  # the fast path (issue 10): the earlier m4 snapshot (.snap/*) and the current m4 in
+             # one call, bf16 and fp8 KV; batch-1 latency, a step profile, fp8 accuracy.
+    for snap in .snap/*; do
+      python3 benchmarks/throughput_test.py --milestone "$snap" "${M[@]}" \
+          --out "$OUT/fastpath_before_throughput.json" || echo "$snap FAILED"
+    done
+    python3 benchmarks/throughput_test.py --milestone m4 "${M[@]}" \
+        --out "$OUT/fastpath_after_throughput.json" || echo "m4 FAILED"
+    python3 benchmarks/throughput_test.py --milestone m4 "${M[@]}" --kv-cache-dtype fp8 \
+        --out "$OUT/fastpath_after_fp8_throughput.json" || echo "m4 fp8 FAILED"
+    python3 benchmarks/latency_test.py --milestone m4 "${M[@]}" --input-len 128 --output-len 256 \
+        --num-iters 3 --out "$OUT/fastpath_after_latency.json" || echo "m4 latency FAILED"
+    python3 benchmarks/step_profile.py --milestone m4 "${M[@]}" --batch 256 --context 512 \
+        --steps 20 --top 12 --out "$OUT/fastpath_after_step_profile.json" || echo "profile FAILED"
+    python3 benchmarks/kv_fp8_accuracy.py --milestone m4 --out "$OUT/m4_kv_fp8_accuracy.json" \
+        || echo "fp8 accuracy FAILED" ;;
   before)  # the fast path's "before": an earlier snapshot of a milestone carried in .snap/NAME
     for snap in .snap/*; do
       python3 benchmarks/throughput_test.py --milestone "$snap" "${M[@]}" \

@@ -118,7 +118,9 @@ def main() -> None:
     kv_token_reads = sum(len(p) * m + m * (m - 1) // 2 for p, m in zip(prompts, max_tokens))
     num_steps = len(llm.engine.stats.steps)
     weight_bytes = mc.arch.num_parameters() * mc.dtype.itemsize
-    floor_bytes = num_steps * weight_bytes + kv_token_reads * mc.kv_bytes_per_token
+    # the cache's bytes per token (m4's kv_cache_dtype="fp8" halves them), else the model dtype's
+    kv_bytes = getattr(llm.engine.runner, "kv_bytes_per_token", mc.kv_bytes_per_token)
+    floor_bytes = num_steps * weight_bytes + kv_token_reads * kv_bytes
     floor_s = floor_bytes / args.bandwidth
     assert out_tokens == sum(max_tokens), "ignore_eos: every request must produce max_tokens"
     stats = llm.engine.stats.summary()

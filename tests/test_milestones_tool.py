@@ -315,10 +315,15 @@ def test_diffs_writes_markdown_pages(tmp_path: Path) -> None:
     assert m1.startswith("# m1_basic: Basic inference — diff from m0_init\n\n**Claim:** Generates")
     assert "| `folovllm/config.py` | changed | 1 | 1 |" in m1
     assert "| `folovllm/model.py` | added | 3 | 0 |" in m1
-    assert "\n```diff\n--- a/m0_init/folovllm/config.py\n" in m1
+    assert (
+        "### `folovllm/config.py` (changed, +1 -1)\n\n```diff\n--- a/m0_init/folovllm/config.py\n"
+        in m1
+    )
     assert m1.endswith("+y = 2\n```\n")
     m2 = (out / "m2_batching.md").read_text(encoding="utf-8")
-    assert "\n`````diff\n" in m2 and m2.endswith("\\ No newline at end of file\n`````\n")
+    # tests are folded: an admonition whose body (the fenced diff) is indented by 4 spaces
+    assert '??? note "`tests/test_b.py` (added, +1 -0)"' in m2
+    assert "\n    `````diff\n" in m2 and m2.endswith("\\ No newline at end of file\n    `````\n")
     index = (out / "index.md").read_text(encoding="utf-8")
     assert "| [m1_basic](m1_basic.md) | Basic inference | 7 | 100 |" in index
     assert "| [m2_batching](m2_batching.md) | Continuous batching | 2 | 50 |" in index

@@ -525,10 +525,26 @@ def diff_page(prev: Milestone, cur: Milestone, diffs: list[FileDiff]) -> str:
         out.append(f"| `{_md_cell(d.path)}` | {d.status} | {plus} | {minus} |")
     total_plus, total_minus = sum(d.added for d in diffs), sum(d.removed for d in diffs)
     out += [f"| **{len(diffs)} files** | | {total_plus} | {total_minus} |", ""]
-    body = "".join(d.text for d in diffs)
-    fence = _fence(body)
-    out += ["## Full diff", "", f"{fence}diff", body.rstrip("\n"), fence, ""]
+    # One section per file, the engine first; tests and benchmarks folded (click to open).
+    engine = [d for d in diffs if not _is_test_or_bench(d.path)]
+    rest = [d for d in diffs if _is_test_or_bench(d.path)]
+    out += ["## The engine, file by file", ""]
+    for d in engine:
+        fence = _fence(d.text)
+        out += [f"### `{d.path}` ({d.status}, +{d.added} -{d.removed})", ""]
+        out += [f"{fence}diff", d.text.rstrip("\n"), fence, ""]
+    if rest:
+        out += ["## Tests and benchmarks", ""]
+    for d in rest:
+        fence = _fence(d.text)
+        out += [f'??? note "`{d.path}` ({d.status}, +{d.added} -{d.removed})"', ""]
+        block = [f"{fence}diff", *d.text.rstrip("\n").split("\n"), fence]
+        out += [f"    {line}" if line else "" for line in block] + [""]
     return "\n".join(out)
+
+
+def _is_test_or_bench(rel: str) -> bool:
+    return rel.startswith("tests/") or rel in ("bench.py", "conftest.py")
 
 
 def cmd_diffs(root: Path, out_dir: Path | None) -> int:

@@ -278,6 +278,14 @@ class EngineConfig:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
             )
+        if self.enable_prefix_caching is not None and not isinstance(
+            self.enable_prefix_caching, bool
+        ):
+            raise ValueError(
+                f"enable_prefix_caching must be a bool, got {self.enable_prefix_caching!r}"
+            )
+        if self.enable_prefix_caching and self.enable_paged_kv is False:
+            raise ValueError("enable_prefix_caching=True needs enable_paged_kv (blocks to share)")
         t = self.long_prefill_token_threshold
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
             raise ValueError(f"long_prefill_token_threshold must be an integer >= 0, got {t!r}")
@@ -324,6 +332,7 @@ class EngineConfig:
             gpu_memory_utilization=self.gpu_memory_utilization or defaults.gpu_memory_utilization,
             kv_cache_memory_gb=self.kv_cache_memory_gb,
             num_gpu_blocks=self.num_gpu_blocks,
+            enable_prefix_caching=bool(self.enable_prefix_caching),  # off by default
             kv_cache_dtype=self.kv_cache_dtype,
         )
 

@@ -62,6 +62,7 @@ class Request:
         sampling_params: SamplingParams,
         eos_token_id: int | Iterable[int] | None = None,
         arrival_time: float | None = None,
+        cache_salt: str | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt = prompt
@@ -80,6 +81,10 @@ class Request:
         # Tokens whose K/V are already in the cache (vLLM v1's num_computed_tokens).
         self.num_computed_tokens = 0
         self.num_preemptions = 0
+        # m6: hashes of the full blocks of its tokens so far, grown as blocks fill; the salt keeps
+        # requests of different tenants from sharing (and timing) each other's cached prefixes.
+        self.cache_salt = cache_salt
+        self.block_hashes: list[bytes] = []
         self.arrival_time = time.perf_counter() if arrival_time is None else arrival_time
         self.first_scheduled_time: float | None = None
         self.first_token_time: float | None = None

@@ -49,7 +49,11 @@ class LLMEngine:
             attention_backend=config.attention_backend,
             enforce_eager=config.enforce_eager,
         )
-        self.kv_cache_manager = KVCacheManager(self.runner.num_blocks, self.runner.block_size)
+        self.kv_cache_manager = KVCacheManager(
+            self.runner.num_blocks,
+            self.runner.block_size,
+            enable_caching=config.cache_config.enable_prefix_caching,
+        )
         self.scheduler = Scheduler(self.scheduler_config, self.kv_cache_manager, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
@@ -63,6 +67,7 @@ class LLMEngine:
         prompt: str | list[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
+        cache_salt: str | None = None,
     ) -> str:
         """Validate and queue a request; raises ValueError (naming what is wrong) and queues nothing."""
         params = SamplingParams() if params is None else params
@@ -96,7 +101,9 @@ class LLMEngine:
             )
         if params.stop_list and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer; this model directory has none")
-        req = Request(request_id, text, token_ids, params, eos_token_id=self.eos_token_ids)
+        req = Request(
+            request_id, text, token_ids, params, self.eos_token_ids, cache_salt=cache_salt
+        )
         self.requests[request_id] = req
         self.detokenizers[request_id] = IncrementalDetokenizer(
             self.tokenizer, token_ids, params.stop_list
@@ -119,6 +126,19 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (m6); False, and nothing forgotten, while requests run."""
+        return self.kv_cache_manager.reset_prefix_cache()
+
+    def prefix_cache_stats(self) -> dict[str, float]:
+        """Tokens looked up in the prefix cache by admitted requests, tokens found, their ratio."""
+        kvm = self.kv_cache_manager
+        return {
+            "queries": kvm.prefix_cache_queries,
+            "hits": kvm.prefix_cache_hits,
+            "hit_rate": kvm.prefix_cache_hit_rate,
+        }
 
     def get_num_unfinished_requests(self) -> int:
         return self.scheduler.get_num_unfinished_requests()

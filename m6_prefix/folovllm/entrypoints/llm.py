@@ -53,6 +53,10 @@ class LLM:
         self.engine = LLMEngine(engine_config)
         self.tokenizer = self.engine.tokenizer
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (m6): the next requests start cold. False while busy."""
+        return self.engine.reset_prefix_cache()
+
     def generate(
         self,
         prompts: PromptType | Sequence[PromptType],

@@ -14,6 +14,10 @@ m5 (chunked prefill, vLLM v1 / Sarathi-Serve): no prefill or decode phase. A req
 that is mid-prefill), then on waiting prompts, cut to what is left. ``long_prefill_token_threshold``
 caps one request's chunk so a huge prompt cannot take the whole budget. A request whose prompt is
 not finished gets no token this step (the runner does not sample it).
+
+m6 (prefix caching): a waiting request starts after the longest cached prefix of its tokens
+(``num_computed_tokens`` = the hit), and chunking continues from there. A preempted request may hit
+its own blocks when it resumes, if nobody has reused them meanwhile.
 """
 
 from __future__ import annotations
@@ -81,11 +85,14 @@ class Scheduler:
         #    Not after a preemption: the freed blocks would be taken back at once (thrashing).
         while self.waiting and len(self.running) < self.max_num_seqs and not preempted:
             req = self.waiting[0]
-            n = self._num_new_tokens(req, budget)
+            # m6: start after the longest cached prefix (none without prefix caching).
+            hits, num_hit = self.kv_cache_manager.get_computed_blocks(req)
+            n = self._num_new_tokens(req, budget, num_hit)
             if n > budget or n == 0:
                 break  # without chunking the whole prompt must fit; with it, the budget is spent
-            if self.kv_cache_manager.allocate_slots(req, n) is None:
+            if self.kv_cache_manager.allocate_slots(req, n, hits) is None:
                 break  # not enough free blocks: wait for running requests to finish
+            req.num_computed_tokens = num_hit
             self.waiting.popleft()
             req.transition(RequestStatus.RUNNING)
             self.running.append(req)
@@ -99,9 +106,10 @@ class Scheduler:
         }
         return SchedulerOutput(scheduled, num_tokens, tables, finished, preempted_ids)
 
-    def _num_new_tokens(self, req: Request, budget: int) -> int:
-        """Tokens to compute for ``req`` this step: all it has left, or with chunking a chunk."""
-        n = req.num_tokens - req.num_computed_tokens
+    def _num_new_tokens(self, req: Request, budget: int, num_hit: int = 0) -> int:
+        """Tokens to compute for ``req`` this step: all it has left (after ``num_hit`` cached
+        ones), or with chunking a chunk."""
+        n = req.num_tokens - req.num_computed_tokens - num_hit
         if self.chunked:
             n = min(n, budget, self.threshold or n)
         return n

@@ -1,0 +1,48 @@
+"""Block hashes for prefix caching (m6, vLLM v1's ``kv_cache_utils``).
+
+A full block's hash covers its whole prefix: ``sha256(parent hash | token ids | extra keys)``. Two
+blocks with the same hash therefore hold the K/V of the same tokens at the same positions after the
+same prefix, and can be shared. Only full blocks get a hash (a partial block still changes). The
+encoding is stable across processes (fixed-width little-endian ints), and sha256 makes a collision,
+which would silently hand one request another's K/V, practically impossible (vLLM dropped Python's
+``hash()`` after GHSA-rm76-4mrf-v9r8). Extra keys (here a ``cache_salt``) keep tenants apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Sequence
+
+BlockHash = bytes
+
+# The "parent" of a request's first block.
+ROOT_HASH: BlockHash = hashlib.sha256(b"folovllm prefix cache root").digest()
+
+
+def hash_block_tokens(
+    parent: BlockHash | None, token_ids: Sequence[int], extra_keys: tuple | None = None
+) -> BlockHash:
+    h = hashlib.sha256(ROOT_HASH if parent is None else parent)
+    h.update(len(token_ids).to_bytes(4, "little"))
+    h.update(array("q", token_ids).tobytes())  # int64: the same bytes on every run
+    if extra_keys:
+        h.update(repr(extra_keys).encode())
+    return h.digest()
+
+
+def update_block_hashes(request, block_size: int) -> list[BlockHash]:
+    """Extend ``request.block_hashes`` to every full block of its tokens (incremental: blocks
+    hashed before are never hashed again) and return it."""
+    hashes = request.block_hashes
+    num_full = request.num_tokens // block_size
+    if len(hashes) < num_full:
+        tokens = request.all_token_ids  # one copy per newly full block, not per step
+        salt = request.cache_salt
+        for i in range(len(hashes), num_full):
+            block = tokens[i * block_size : (i + 1) * block_size]
+            if i == 0:  # the salt goes into the first block; the chain carries it on
+                hashes.append(hash_block_tokens(None, block, None if salt is None else (salt,)))
+            else:
+                hashes.append(hash_block_tokens(hashes[-1], block))
+    return hashes

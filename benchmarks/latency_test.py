@@ -66,7 +66,8 @@ def run_ours(fv, args, prompts) -> dict:
     result = _summarise(runs, mc.arch.num_parameters() * mc.dtype.itemsize)
     # The floor: every decode step reads the weights once and the K/V of every context token.
     mean_context = args.input_len + args.output_len / 2
-    step_bytes = result["weight_bytes"] + args.batch_size * mean_context * mc.kv_bytes_per_token
+    kv_bytes = getattr(llm.engine.runner, "kv_bytes_per_token", mc.kv_bytes_per_token)  # fp8: half
+    step_bytes = result["weight_bytes"] + args.batch_size * mean_context * kv_bytes
     result["floor_tpot_s"] = step_bytes / args.bandwidth
     result["share_of_floor"] = result["floor_tpot_s"] / result["tpot_s"]
     return result

@@ -275,3 +275,28 @@ def test_fp8_cache_write_and_attention():
     out = run_paged(b, 0.2)
     widened = dict(b, k_cache=b["k_cache"].float(), v_cache=b["v_cache"].float())
     torch.testing.assert_close(out.double().cpu(), reference(widened, 0.2), atol=1e-5, rtol=0)
+
+
+def test_torch_reference_clamps_fp8_like_the_kernel():
+    """Outliers beyond e4m3's +-448 are clamped by both backends (torch's cast alone gives NaN)."""
+    from folovllm.attention.backends.torch_attn import TorchAttentionImpl, TorchAttentionMetadata
+
+    cache = torch.zeros(2, 2, 4, 1, 16, dtype=torch.float8_e4m3fn)
+    k = torch.full((1, 1, 16), 1000.0)
+    md = TorchAttentionMetadata(0, [0, 0], [0], torch.zeros(1, 1, dtype=torch.int32),
+                                torch.tensor([5]), prefill_ids=[])  # fmt: skip
+    md.num_actual_tokens = 1
+    TorchAttentionImpl(1, 16, 0.25, 1).forward(torch.zeros(1, 1, 16), k, -k, cache, md)
+    assert cache[0].view(-1, 1, 16)[5].float().eq(448).all()
+    assert cache[1].view(-1, 1, 16)[5].float().eq(-448).all()
+
+
+def test_long_prefill_tiles_only_when_every_query_is_long():
+    from folovllm.attention.ops import paged_attention as pa
+
+    assert pa.tile_rows(2, 1) == (8, 16)  # decode: 16-row tiles
+    assert pa.tile_rows(2, 600) == (32, 64)
+    assert pa.tuned_tiles(1024, None, on_gpu=True) == pa.LONG_PREFILL  # a long prefill
+    assert pa.tuned_tiles(1024, 1, on_gpu=True) == {}  # mixed with decodes: default tiles
+    assert pa.tuned_tiles(100, 100, on_gpu=True) == {}  # short prompts
+    assert pa.tuned_tiles(1024, 1024, on_gpu=False) == {}  # the interpreter keeps defaults

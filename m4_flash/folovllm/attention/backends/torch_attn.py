@@ -81,7 +81,10 @@ class TorchAttentionImpl(AttentionImpl):
     ) -> torch.Tensor:
         k_cache, v_cache = kv_cache[0], kv_cache[1]  # [num_blocks, block_size, kv_heads, head_dim]
         n = metadata.num_actual_tokens
-        # .to(): an fp8 cache (kv_cache_dtype="fp8") stores K/V rounded to float8 e4m3
+        # An fp8 cache (kv_cache_dtype="fp8") stores K/V rounded to float8 e4m3, clamped to its
+        # range as the Triton kernel does (torch's cast turns values beyond +-448 into NaN).
+        if k_cache.dtype == torch.float8_e4m3fn:
+            k, v = k.clamp(-448, 448), v.clamp(-448, 448)
         k_cache.view(-1, self.num_kv_heads, self.head_dim)[metadata.slot_mapping] = k[:n].to(
             k_cache.dtype
         )

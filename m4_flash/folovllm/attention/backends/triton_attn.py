@@ -30,6 +30,7 @@ class TritonAttentionMetadata(AttentionMetadata):
     num_tokens: int  # rows of q, padding included
     max_query_len: int  # 1 = a decode-only batch (picks the 16-row tile)
     num_splits: int = 1  # > 1: decode through split-KV
+    min_query_len: int | None = None  # the shortest query (None: unknown); picks prefill tiles
 
 
 class TritonAttentionMetadataBuilder(AttentionMetadataBuilder):
@@ -54,7 +55,13 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder):
             common.slot_mapping.shape[0],
             common.max_query_len,
             self.num_splits(common.num_reqs, common.max_query_len),
+            min_query_len=_min_query_len(common.query_start_loc_cpu),
         )
+
+
+def _min_query_len(query_start_loc: list[int]) -> int | None:
+    lens = [b - a for a, b in zip(query_start_loc, query_start_loc[1:])]
+    return min(lens) if lens else None
 
 
 class TritonAttentionImpl(AttentionImpl):
@@ -88,6 +95,7 @@ class TritonAttentionImpl(AttentionImpl):
             num_seqs=md.num_reqs,
             num_tokens=md.num_tokens,
             max_query_len=md.max_query_len,
+            min_query_len=md.min_query_len,
         )
 
 

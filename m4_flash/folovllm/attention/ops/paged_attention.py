@@ -150,7 +150,15 @@ def _paged_attention_kernel(
 # long prefills gain 3-11% from 128x128 tiles with 8 warps and 3 stages; short or mixed batches
 # keep 64-row tiles so that one-token rows of a mixed step waste less of each tile.
 LONG_PREFILL = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
-LONG_PREFILL_MIN_QUERY_LEN = 512
+LONG_PREFILL_MIN_QUERY_LEN = 512  # the longest query of the batch
+LONG_PREFILL_MIN_SHORTEST = 64  # and the shortest: a decode row in a 128-row tile wastes 127 rows
+
+
+def tuned_tiles(max_query_len: int, min_query_len: int | None, on_gpu: bool) -> dict:
+    """The tuned long-prefill tiles when every query of the batch is long, else {} (defaults)."""
+    shortest = max_query_len if min_query_len is None else min_query_len
+    long = max_query_len >= LONG_PREFILL_MIN_QUERY_LEN and shortest >= LONG_PREFILL_MIN_SHORTEST
+    return dict(LONG_PREFILL) if on_gpu and long else {}
 
 
 def tile_rows(group: int, max_query_len: int, block_m: int | None = None) -> tuple[int, int]:
@@ -177,21 +185,22 @@ def paged_attention(
     num_warps: int | None = None,
     num_stages: int | None = None,
     block_m: int | None = None,
+    min_query_len: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of every query token over its sequence's paged K/V.
 
     q, out: [tokens, heads, head_dim]; caches: [num_blocks, block_size, kv_heads, head_dim];
     query_start_loc [num_seqs + 1], seq_lens [num_seqs], block_table [num_seqs, max_blocks] (int32).
     ``max_query_len`` only picks the tile shape (1 = decode-only); it is not a bound on the data.
+    ``min_query_len`` (None: assume every query is long) keeps mixed batches on 64-row tiles.
     """
     num_heads, head_dim = q.shape[1], q.shape[2]
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
-    if max_query_len >= LONG_PREFILL_MIN_QUERY_LEN and q.is_cuda:
-        block_m = block_m or LONG_PREFILL["block_m"]
-        block_n = block_n or LONG_PREFILL["block_n"]
-        num_warps = num_warps or LONG_PREFILL["num_warps"]
-        num_stages = num_stages or LONG_PREFILL["num_stages"]
+    tuned = tuned_tiles(max_query_len, min_query_len, q.is_cuda)
+    block_m, block_n = block_m or tuned.get("block_m"), block_n or tuned.get("block_n")
+    num_warps = num_warps or tuned.get("num_warps")
+    num_stages = num_stages or tuned.get("num_stages")
     block_n = block_n or 64
     block_q, block_m = tile_rows(group, max_query_len, block_m)
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)

@@ -2,6 +2,8 @@
 
 Each milestone runs in its own process with only its own ``folovllm`` on the path. Milestones with
 chunked prefill (m5+) run a second time with a 5-token budget, so the prompts are cut into chunks.
+Milestones with prefix caching (m6+) also run with it on and generate twice: the second pass, which
+is the one compared, starts every prompt after the blocks the first pass cached.
 """
 
 from __future__ import annotations
@@ -26,17 +28,27 @@ PROMPTS = [
 MAX_TOKENS = [24, 9, 30, 16]
 TIE = 1e-4
 CHUNKED = {"max_num_batched_tokens": 5, "block_size": 4}  # m5+: prompts cut into chunks
-RUNS = [(m, {}) for m in MILESTONES] + [(m, CHUNKED) for m in MILESTONES if int(m[1]) >= 5]
+# m6+: prefix caching on, the prompts generated twice (the second pass hits the first one's blocks)
+PREFIX = {"max_num_batched_tokens": 5, "block_size": 4, "enable_prefix_caching": True, "_passes": 2}
+RUNS = (
+    [(m, {}) for m in MILESTONES]
+    + [(m, CHUNKED) for m in MILESTONES if int(m[1]) >= 5]
+    + [(m, PREFIX) for m in MILESTONES if int(m[1]) >= 6]
+)
 
 SCRIPT = """
 import json, sys
 from folovllm import LLM, SamplingParams, MILESTONE
-llm = LLM(model=sys.argv[1], device="cpu", dtype="float32", **json.loads(sys.argv[4]))
+options = json.loads(sys.argv[4])
+passes = options.pop("_passes", 1)
+llm = LLM(model=sys.argv[1], device="cpu", dtype="float32", **options)
 prompts, max_tokens = json.loads(sys.argv[2]), json.loads(sys.argv[3])
 params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in max_tokens]
-outs = llm.generate(prompts, params, use_tqdm=False)
+for _ in range(passes):
+    outs = llm.generate(prompts, params, use_tqdm=False)
 print(json.dumps({"milestone": MILESTONE, "tokens": [o.token_ids for o in outs],
-                  "prompt_ids": [o.prompt_token_ids for o in outs]}))
+                  "prompt_ids": [o.prompt_token_ids for o in outs],
+                  "prefix_hits": getattr(llm.engine, "prefix_cache_stats", dict)().get("hits", 0)}))
 """
 
 
@@ -84,6 +96,9 @@ def test_all_milestones_agree(tmp_path, kind):
         m + "".join(f" {k}={v}" for k, v in kw.items()): run_milestone(m, model, kw)
         for m, kw in RUNS
     }
+    for m, kw in RUNS:
+        if kw.get("enable_prefix_caching"):  # the second pass really started after cached blocks
+            assert results[m + "".join(f" {k}={v}" for k, v in kw.items())]["prefix_hits"] > 0
     ref_name = MILESTONES[0]
     ref = results[ref_name]
     for name, res in results.items():

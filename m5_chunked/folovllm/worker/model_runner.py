@@ -302,7 +302,10 @@ class ModelRunner:
         if len(done) < len(reqs):
             if not done:
                 return ModelRunnerOutput([], [])
-            hidden, reqs = hidden[torch.tensor(done, device=self.device)], [reqs[i] for i in done]
+            idx = torch.tensor(done)
+            if self.device.type == "cuda":  # pinned: a pageable copy would wait for the forward
+                idx = idx.pin_memory().to(self.device, non_blocking=True)
+            hidden, reqs = hidden[idx], [reqs[i] for i in done]
         logits = self.model.compute_logits(hidden)
         md = SamplingMetadata.from_requests(
             reqs, logits.shape[-1], self.device, self._generators(reqs)

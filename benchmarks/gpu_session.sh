@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call (see the device tool's README): checks, then times, every variant; JSON under $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu_session.sh [m1] [m2] [m3] [m4check] [m4] [m5check] [m5]
+#   [m6check] [m6]
 #   (default: m1 m2 m3)
 set -u
 export PYTHONUNBUFFERED=1
@@ -61,6 +62,12 @@ for job in "${jobs[@]}"; do
         || echo "m5 full workload FAILED"
     python3 benchmarks/throughput_test.py --milestone m4 "${M[@]}" \
         --out "$OUT/m5_baseline_m4_throughput.json" || echo "m4 full workload FAILED" ;;
+  m6check)  # the m6 GPU tests (prefix hits under CUDA graphs included), log under $OUT.
+    (cd m6_prefix && PYTHONPATH=. python3 -m pytest tests -m gpu -q -p no:cacheprovider -x \
+        2>&1 | tee "$OUT/m6_gpu_tests.log") || echo "m6 GPU tests FAILED" ;;
+  m6)  # prefix caching, m5 vs m6 in one call: TTFT vs shared prefix 512 / 2048 / 8192 (+64-token
+       # suffix) cold and warm, hit rate, no-sharing cost, few-shot workload (3 JSON + PNG).
+    python3 m6_prefix/bench.py --out-dir "$OUT" "${M[@]}" || echo "m6 prefix bench FAILED" ;;
   fastpath)  # the fast path (issue 10): the earlier m4 snapshot (.snap/*) and the current m4 in
              # one call, bf16 and fp8 KV; batch-1 latency, a step profile, fp8 accuracy.
     for snap in .snap/*; do

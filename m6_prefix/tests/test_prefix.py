@@ -334,3 +334,19 @@ def test_prefix_caching_option():
         EngineConfig(enable_prefix_caching=True, enable_paged_kv=False)
     assert EngineConfig(enable_prefix_caching=True).cache_config.enable_prefix_caching
     assert not EngineConfig().cache_config.enable_prefix_caching
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+def test_gpu_prefix_caching_with_graphs_equals_off(tiny_qwen3, backend):
+    """On the GPU (``-m gpu``): compiled kernels, decode graphs (a full hit's one-token step is
+    decode-shaped and replays one), chunks after the hit, fp32."""
+    kw = dict(device="cuda", dtype="float32", max_model_len=64, block_size=16)
+    kw.update(attention_backend=backend, max_num_batched_tokens=16)
+    params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
+    want = LLM(model=str(tiny_qwen3), **kw).generate(PROMPTS, params, use_tqdm=False)
+    llm = LLM(model=str(tiny_qwen3), enable_prefix_caching=True, **kw)
+    for _ in range(2):
+        got = llm.generate(PROMPTS, params, use_tqdm=False)
+        assert [o.token_ids for o in got] == [o.token_ids for o in want]
+    assert llm.engine.prefix_cache_stats()["hits"] > 0

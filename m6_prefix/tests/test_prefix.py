@@ -198,6 +198,21 @@ def check_pool(s: Scheduler) -> None:
         assert b.block_hash == h
 
 
+def test_a_preempted_request_resumes_from_its_own_cached_blocks():
+    cfg = SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, enable_chunked_prefill=True)
+    s = Scheduler(cfg, KVCacheManager(8, BS, enable_caching=True), 32)
+    r, kv = req(0, range(1, 10), max_tokens=8), {}
+    s.add_request(r)
+    for _ in range(4):  # the prompt, then 3 decodes: 12 tokens, 3 full blocks
+        so = s.schedule()
+        s.update_from_output(so, *fake_run(so, kv, BS))
+    s._preempt(r)
+    assert r.num_computed_tokens == 0 and s.kv_cache_manager.block_pool.num_free_blocks == 8
+    so = s.schedule()
+    assert r.num_computed_tokens == 12 and so.num_scheduled_tokens["0"] == r.num_tokens - 12
+    s.update_from_output(so, *fake_run(so, kv, BS))  # fake_run checks the K/V it reads
+
+
 @st.composite
 def interleavings(draw):
     prefixes = [[draw(st.integers(1, 3))] * draw(st.integers(0, 12)) for _ in range(2)]

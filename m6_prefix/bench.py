@@ -224,6 +224,7 @@ def plot(ttft: list[dict], path: Path, device: dict) -> None:
     ax.set(xscale="log", yscale="log", xlabel="shared prefix (tokens), + 64-token suffix",
            ylabel="TTFT (ms, median)", title=f"TTFT vs prefix length ({device.get('gpu', 'CPU')})")  # fmt: skip
     ax.set_xticks(x, [str(v) for v in x])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

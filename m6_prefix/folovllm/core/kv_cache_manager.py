@@ -83,7 +83,11 @@ class KVCacheManager:
         return blocks
 
     def _cache_blocks(self, request: Request, blocks: list[KVBlock], num_tokens: int) -> None:
-        """Cache the blocks that are full once the first ``num_tokens`` tokens are computed."""
+        """Cache the blocks that are full once the first ``num_tokens`` tokens are computed.
+
+        This runs when the slots are allocated, before the step writes them: safe because every
+        backend writes the step's K/V before attending and only requests that are not scheduled
+        in a step are preempted. An asynchronous scheduler would have to revisit this."""
         start, end = (
             self.num_cached_blocks.get(request.request_id, 0),
             num_tokens // self.block_size,

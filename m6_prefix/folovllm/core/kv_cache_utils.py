@@ -26,8 +26,10 @@ def hash_block_tokens(
     h = hashlib.sha256(ROOT_HASH if parent is None else parent)
     h.update(len(token_ids).to_bytes(4, "little"))
     h.update(array("q", token_ids).tobytes())  # int64: the same bytes on every run
-    if extra_keys:  # repr() without a kind tag: fine for the salt alone; tag each kind (LoRA,
-        h.update(repr(extra_keys).encode())  # multimodal) before adding more, as vLLM learned
+    # repr() without a kind tag is fine for the salt alone; tag each kind of key (LoRA,
+    # multimodal) before adding more, or two kinds with equal values would collide.
+    if extra_keys:
+        h.update(repr(extra_keys).encode())
     return h.digest()
 
 

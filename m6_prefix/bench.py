@@ -170,6 +170,10 @@ def worker(args) -> None:
     rng = random.Random(args.seed + 3)
     shots = [t for _ in range(args.fewshot_examples) for t in tokens(rng, args.example_len, vocab)]
     prompts = [shots + tokens(rng, args.question_len, vocab) for _ in range(args.fewshot_reqs)]
+    # A dry run first: the mixed steps of this workload (decodes beside 64-token prefills over a
+    # cached context) use kernel specializations no warm-up above compiled; then forget it.
+    run_batch(llm, fv, prompts, args.fewshot_output)
+    reset(llm)
     fs = run_batch(llm, fv, prompts, args.fewshot_output)
     result["few_shot"] = dict(fs, num_requests=args.fewshot_reqs, prefix_len=len(shots),
                               question_len=args.question_len)  # fmt: skip

@@ -43,6 +43,7 @@ def add_engine_args(ap) -> None:
     ap.add_argument("--enforce-eager", action="store_true", help="m4+: no CUDA graphs")
     ap.add_argument("--block-size", type=int, default=None, help="m3+: KV block size")
     ap.add_argument("--kv-cache-dtype", default=None, help="m4+: auto | fp8")
+    ap.add_argument("--cudagraph-mode", default=None, help="m4+: full | decode")
 
 
 def engine_options(args) -> dict[str, Any]:
@@ -56,6 +57,8 @@ def engine_options(args) -> dict[str, Any]:
         opts["block_size"] = args.block_size
     if getattr(args, "kv_cache_dtype", None):
         opts["kv_cache_dtype"] = args.kv_cache_dtype
+    if getattr(args, "cudagraph_mode", None):
+        opts["cudagraph_mode"] = args.cudagraph_mode
     return opts
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call (see the device tool's README): checks, then times, every variant; JSON under $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu_session.sh [m1] [m2] [m3] [m4check] [m4] [m5check] [m5]
-#   [m6check] [m6]
+#   [m6check] [m6] [graphtest] [prefill] [m7check] [m7kernel] [m7]
 #   (default: m1 m2 m3)
 set -u
 export PYTHONUNBUFFERED=1
@@ -68,6 +68,26 @@ for job in "${jobs[@]}"; do
   m6)  # prefix caching, m5 vs m6 in one call: TTFT vs shared prefix 512 / 2048 / 8192 (+64-token
        # suffix) cold and warm, hit rate, no-sharing cost, few-shot workload (3 JSON + PNG).
     python3 m6_prefix/bench.py --out-dir "$OUT" "${M[@]}" || echo "m6 prefix bench FAILED" ;;
+  graphtest)  # mixed-step CUDA graphs (cudagraph_mode="full") against decode-only graphs and the
+               # torch backend: the graph tests of the m4 GPU set.
+    (cd m4_flash && PYTHONPATH=. python3 -m pytest tests/test_gpu.py -k graph -q \
+        -p no:cacheprovider 2>&1 | tail -n 4) || echo "m4 graph tests FAILED" ;;
+  prefill)  # one prefill step of 64 and of 2048 tokens: eager (decode-only graphs, m4 as it was)
+            # vs replayed from a token-count graph; then batch-1 latency with full graphs.
+    for mode in decode full; do
+      python3 benchmarks/eager_profile.py --milestone m6 "${M[@]}" --tokens 64 2048 --top 15 \
+          --cudagraph-mode $mode --out "$OUT/m6_prefill_profile_$mode.json" \
+          > "$OUT/m6_prefill_profile_$mode.log" 2>&1 \
+          && grep "^== " "$OUT/m6_prefill_profile_$mode.log" || echo "profile $mode FAILED"
+    done ;;
+  m7check)  # the m7 GPU tests (GPTQ kernels in bf16 at real shapes, graphs), log under $OUT.
+    (cd m7_gptq && PYTHONPATH=. python3 -m pytest tests -m gpu -q -p no:cacheprovider -x \
+        -k "gptq" 2>&1 | tail -n 15) || echo "m7 GPU tests FAILED" ;;
+  m7kernel)  # the GPTQ kernel alone vs bf16 F.linear at Qwen3-0.6B / 8B shapes, batch 1 / 8 / 64.
+    python3 benchmarks/gptq_kernel_bench.py --out "$OUT/m7_gptq_kernel.json" \
+        || echo "gptq kernel bench FAILED" ;;
+  m7)  # bf16 vs GPTQ: memory, TPOT and tok/s at batch 1 / 8 / 64, Qwen3-0.6B and Qwen3-8B shapes.
+    python3 m7_gptq/bench.py --out-dir "$OUT" || echo "m7 bench FAILED" ;;
   fastpath)  # the fast path (issue 10): the earlier m4 snapshot (.snap/*) and the current m4 in
              # one call, bf16 and fp8 KV; batch-1 latency, a step profile, fp8 accuracy.
     for snap in .snap/*; do

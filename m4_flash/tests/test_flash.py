@@ -16,7 +16,7 @@ from folovllm.attention.backends import resolve_backend_name
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.engine.llm_engine import LLMEngine
 from folovllm.request import Request
-from folovllm.worker.cuda_graph import bucket_for, capture_sizes
+from folovllm.worker.cuda_graph import bucket_for, capture_sizes, token_capture_sizes
 from folovllm.worker.input_batch import InputBatch
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
@@ -143,6 +143,21 @@ def test_capture_sizes_and_buckets():
     assert [bucket_for(n, sizes) for n in (1, 3, 5, 9, 17, 64, 65)] == [1, 4, 8, 16, 32, 64, None]
 
 
+def test_token_capture_sizes():
+    sizes = token_capture_sizes(8192)
+    assert sizes[:3] == [64, 128, 192] and 512 in sizes and 768 in sizes and 2560 in sizes
+    assert sizes[-1] == 8192 and sizes == sorted(set(sizes))
+    assert token_capture_sizes(100) == [64, 100] and token_capture_sizes(32) == [32]
+    assert [bucket_for(n, sizes) for n in (1, 64, 65, 2049, 8192, 8193)] == [
+        64,
+        64,
+        128,
+        2560,
+        8192,
+        None,
+    ]
+
+
 def _req(rid: str, prompt: list[int], computed: int, out: list[int] = ()) -> Request:
     r = Request(rid, None, list(prompt), SamplingParams(max_tokens=8))
     for t in out:
@@ -183,6 +198,54 @@ def test_input_batch_prepares_inputs_and_pads_for_graphs():
     ib.prepare(SchedulerOutput([c], {"c": 1}, {"c": [1]}))
     assert ib.req_to_row["c"] != ib.req_to_row["b"]
     assert len(ib.req_to_row) == 2
+
+
+def test_mixed_step_padded_to_a_token_bucket_attends_the_same():
+    """A mixed-step graph pads the tokens to its bucket and the requests to max_num_seqs + 1;
+    the kernel (interpreter here) must give the real rows the unpadded result, padding zeros."""
+    from folovllm.attention.ops.kv_cache import store_kv
+    from folovllm.attention.ops.paged_attention import paged_attention
+
+    torch.manual_seed(0)
+    ib = InputBatch(max_num_reqs=3, max_num_tokens=32, max_model_len=32, block_size=4,
+                    device=torch.device("cpu"))  # fmt: skip
+    a = _req("a", list(range(1, 8)), 3)  # a prompt chunk of 4 after 3 cached tokens
+    b = _req("b", [1, 2, 3], 3, out=[4])  # a decode
+    so = SchedulerOutput([a, b], {"a": 4, "b": 1}, {"a": [2, 5], "b": [7]})
+    heads, kv_heads, dim = 4, 2, 16
+    cache = torch.randn(2, 8, 4, kv_heads, dim)
+
+    def attend(**pad):
+        common, ids, pos, _ = ib.prepare(so, **pad)
+        n = common.slot_mapping.shape[0]
+        q, k, v = (
+            torch.randn(n, heads, dim),
+            torch.randn(n, kv_heads, dim),
+            torch.randn(n, kv_heads, dim),
+        )
+        torch.manual_seed(1)
+        q[:5], k[:5], v[:5] = (
+            torch.randn(5, heads, dim),
+            torch.randn(5, kv_heads, dim),
+            torch.randn(5, kv_heads, dim),
+        )
+        c = cache.clone()
+        store_kv(k, v, c[0], c[1], common.slot_mapping)
+        out = torch.full_like(q, float("nan"))
+        paged_attention(q, c[0], c[1], out, common.query_start_loc, common.seq_lens,
+                        common.block_table, dim**-0.5, num_seqs=common.num_reqs, num_tokens=n,
+                        max_query_len=max(n, 2), min_query_len=1)  # fmt: skip
+        return common, out, c
+
+    plain, out_plain, c_plain = attend()
+    padded, out_pad, c_pad = attend(pad_tokens_to=16)
+    assert padded.num_reqs == 4 and padded.slot_mapping.shape[0] == 16
+    assert padded.query_start_loc.tolist() == [0, 4, 5, 5, 16]  # padding: the last request
+    assert padded.seq_lens.tolist() == [7, 4, 0, 0]
+    assert padded.slot_mapping[5:].eq(-1).all()
+    torch.testing.assert_close(out_pad[:5], out_plain)
+    assert out_pad[5:].eq(0).all()  # padding rows come out as zeros, never NaN
+    assert torch.equal(c_pad, c_plain)  # padding tokens write no K/V
 
 
 def test_deferred_detokenization_gives_the_same_text(tiny_qwen3):

@@ -102,6 +102,37 @@ def test_graphs_and_backends_agree_float32(tiny_model):
     assert eager == ref and graphs == ref
 
 
+def test_mixed_step_graphs_float32(tiny_model):
+    """cudagraph_mode="full": prefill and mixed steps replay token-count graphs (requests join
+    while others decode), and the tokens equal the decode-only graphs' and the torch backend's."""
+
+    def run(**kw):
+        engine = LLMEngine(EngineConfig(model=str(tiny_model), device="cuda", dtype="float32",
+                                        max_model_len=256, kv_cache_memory_gb=0.05,
+                                        max_num_seqs=8, **kw))  # fmt: skip
+        params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+        ids, done = [], {}
+        for i in range(6):  # one new prompt every third step: mixed steps
+            ids.append(
+                engine.add_request([(5 * i + j) % 300 + 1 for j in range(3 + 11 * i)], params)
+            )
+            for _ in range(3):
+                for out in engine.step():
+                    done[out.request_id] = out.token_ids
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                done[out.request_id] = out.token_ids
+        assert engine.kv_cache_manager.block_pool.num_free_blocks == engine.runner.num_blocks
+        return [done[i] for i in ids], engine.runner
+
+    ref, _ = run(attention_backend="torch")
+    decode_only, runner = run(attention_backend="triton", cudagraph_mode="decode")
+    assert runner.mixed_graph_runner is None
+    full, runner = run(attention_backend="triton")
+    assert runner.mixed_graph_runner.num_replays >= 6 and runner.graph_runner.num_replays > 0
+    assert full == decode_only == ref
+
+
 def test_graphs_bf16_match_eager(tiny_model):
     """bf16: graph replay runs the same kernels with the same split counts as eager steps of
     the same bucket; tokens may differ only where eager used another split count."""

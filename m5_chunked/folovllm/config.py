@@ -43,6 +43,7 @@ LATER_FEATURES: dict[str, tuple[str, tuple[Any, ...]]] = {
 }
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash")
+CUDAGRAPH_MODES = ("full", "decode")
 # kv_cache_dtype -> the cache's element type (None: the model's dtype).
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn}
 
@@ -154,6 +155,9 @@ class EngineConfig:
     load_format: str = "auto"  # auto | safetensors | dummy (random weights from config.json)
     seed: int = 0
     enforce_eager: bool = False
+    # m4: "full" replays CUDA graphs for every step up to the largest captured token count
+    # (prefill and mixed steps too); "decode" only for decode-only steps. enforce_eager: none.
+    cudagraph_mode: str = "full"
     # m4: "fp8" stores K/V as float8 e4m3 (scale 1.0): half the bytes, some accuracy lost.
     kv_cache_dtype: str = "auto"
     # -- later milestones -----------------------------------------------------------------------
@@ -231,6 +235,10 @@ class EngineConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.enforce_eager, bool):
             raise ValueError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
+        if self.cudagraph_mode not in CUDAGRAPH_MODES:
+            raise ValueError(
+                f"cudagraph_mode must be one of {CUDAGRAPH_MODES}, got {self.cudagraph_mode!r}"
+            )
         for name in ("max_batch_size", "max_num_batched_tokens", "max_chunk_size"):
             value = getattr(self, name)
             if value is not None and (

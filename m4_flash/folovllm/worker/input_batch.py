@@ -9,7 +9,8 @@ the same layout. The device buffer never moves, so a CUDA graph can read its inp
 
 Layout of both buffers (int32), sized for the largest step:
 ``input_ids[T] | positions[T] | slot_mapping[T] | query_start_loc[R + 1] | seq_lens[R] | block_table[R, W]``
-with T = max tokens per step, R = max requests per step, W = max blocks per request.
+with T = max tokens per step, R = max requests per step + 1 (a mixed-step graph always has one
+padding request), W = max blocks per request.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class InputBatch:
         self.req_to_row: dict[str, int] = {}
         self.free_rows = list(range(max_num_reqs - 1, -1, -1))
         # The staging buffer (pinned on CUDA, so the copy is asynchronous) and its device twin.
-        t, r, w = self.max_num_tokens, max_num_reqs, self.max_blocks
+        t, r, w = self.max_num_tokens, max_num_reqs + 1, self.max_blocks
         sizes = {"input_ids": t, "positions": t, "slot_mapping": t}
         sizes.update(query_start_loc=r + 1, seq_lens=r, block_table=r * w)
         self.offsets, total = {}, 0
@@ -97,9 +98,11 @@ class InputBatch:
         return self.view("block_table", num_reqs * self.max_blocks).view(num_reqs, self.max_blocks)
 
     def prepare(
-        self, so: SchedulerOutput, pad_to: int | None = None
+        self, so: SchedulerOutput, pad_to: int | None = None, pad_tokens_to: int | None = None
     ) -> tuple[CommonAttentionMetadata, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fill the step's inputs; pad to ``pad_to`` requests of one token each (a decode graph).
+        """Fill the step's inputs; pad to ``pad_to`` requests of one token each (a decode graph),
+        or to ``pad_tokens_to`` tokens and ``max_num_reqs + 1`` requests (a mixed-step graph:
+        the padding tokens belong to the last request, of length 0; those between have none).
 
         Returns (metadata, input_ids, positions, logits_indices) on the device.
         """
@@ -121,7 +124,9 @@ class InputBatch:
 
         padded_reqs = num_reqs if pad_to is None else pad_to
         padded_tokens = num_tokens + (padded_reqs - num_reqs)  # each padding request: one token
-        if padded_tokens > self.max_num_tokens or padded_reqs > self.max_num_reqs:
+        if pad_tokens_to is not None:
+            padded_reqs, padded_tokens = self.max_num_reqs + 1, pad_tokens_to
+        if padded_tokens > self.max_num_tokens or padded_reqs > self.max_num_reqs + 1:
             raise RuntimeError("step larger than the input buffers")
         h = self.host_np
         o = self.offsets
@@ -136,14 +141,20 @@ class InputBatch:
         put("slot_mapping", slots, -1, padded_tokens)  # -1: the KV write skips padding tokens
         s = o["query_start_loc"][0]
         h[s : s + num_reqs + 1] = qsl
-        h[s + num_reqs + 1 : s + padded_reqs + 1] = np.arange(num_tokens + 1, padded_tokens + 1)
+        if pad_tokens_to is None:
+            h[s + num_reqs + 1 : s + padded_reqs + 1] = np.arange(num_tokens + 1, padded_tokens + 1)
+        else:
+            h[s + num_reqs + 1 : s + padded_reqs] = num_tokens
+            h[s + padded_reqs] = padded_tokens
         put("seq_lens", start + n, 0, padded_reqs)  # length 0: attention writes zeros
         w = self.max_blocks
         s = o["block_table"][0]
         h[s : s + num_reqs * w] = self.block_table[rows].reshape(-1)
-        h[s + num_reqs * w : s + padded_reqs * w] = 0
-        # One copy: everything up to the end of the block table rows this step uses.
-        end = s + padded_reqs * w
+        if pad_tokens_to is None:
+            h[s + num_reqs * w : s + padded_reqs * w] = 0
+        # One copy: everything up to the end of the block table rows this step uses (a mixed
+        # graph's padding requests read no blocks: their rows may hold anything).
+        end = s + (padded_reqs if pad_tokens_to is None else num_reqs) * w
         self.dev[:end].copy_(self.host[:end], non_blocking=True)
 
         common = CommonAttentionMetadata(

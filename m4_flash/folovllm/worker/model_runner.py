@@ -22,10 +22,11 @@ from folovllm.model_executor.models import get_model
 from folovllm.request import Request
 from folovllm.sample.sampler import Sampler, SamplingMetadata
 from folovllm.sampling_params import SamplingParams
-from folovllm.worker.cuda_graph import CUDAGraphRunner, capture_sizes
+from folovllm.worker.cuda_graph import CUDAGraphRunner, capture_sizes, token_capture_sizes
 from folovllm.worker.input_batch import InputBatch
 
 logger = logging.getLogger(__name__)
+MAX_GRAPH_TOKENS = 8192  # the largest prefill / mixed step replayed from a CUDA graph
 
 DEFAULT_CPU_KV_BYTES = 2 * 2**30  # without kv_cache_memory_gb on the CPU
 
@@ -69,6 +70,7 @@ class ModelRunner:
         max_num_seqs: int = 256,
         attention_backend: str | None = None,
         enforce_eager: bool = False,
+        cudagraph_mode: str = "full",
     ) -> None:
         self.model_config = model_config
         self.device, self.dtype = model_config.device, model_config.dtype
@@ -101,9 +103,13 @@ class ModelRunner:
         self.num_blocks = self._num_blocks(cache_config, max_num_batched_tokens)
         self.kv_caches = self._allocate_kv_cache(self.num_blocks)
         self.graph_runner: CUDAGraphRunner | None = None
+        self.mixed_graph_runner: CUDAGraphRunner | None = None  # prefill / mixed steps
         if self.device.type == "cuda" and not enforce_eager:
             if getattr(self.attn_backend, "supports_cuda_graphs", False):
-                self._capture_cuda_graphs()
+                full = cudagraph_mode == "full"
+                self._capture_cuda_graphs(
+                    full and getattr(self.attn_backend, "supports_full_cuda_graphs", False)
+                )
             else:
                 logger.info(
                     "CUDA graphs off: the %s backend builds its metadata on the host",
@@ -241,9 +247,12 @@ class ModelRunner:
         return caches
 
     @torch.inference_mode()
-    def _capture_cuda_graphs(self) -> None:
+    def _capture_cuda_graphs(self, mixed: bool) -> None:
         sizes = capture_sizes(self.max_num_seqs)
         ib = self.input_batch
+        pool = None
+        if mixed:  # first: the largest step sets the shared pool's size
+            pool = self._capture_mixed_graphs()
 
         def forward(size: int) -> torch.Tensor:
             # Capture-time values do not matter (replays read the buffers): all padding here.
@@ -266,17 +275,60 @@ class ModelRunner:
         ib.view("seq_lens").zero_()
         ib.view("slot_mapping").fill_(-1)
         self.graph_runner = CUDAGraphRunner(sizes)
-        self.graph_runner.capture(forward, self.device)
+        self.graph_runner.capture(forward, self.device, pool)
+
+    def _capture_mixed_graphs(self):
+        """One graph per token count for prefill / mixed steps, with ``max_num_seqs + 1``
+        requests (padding requests have length 0). Returns the memory pool."""
+        import dataclasses
+
+        ib = self.input_batch
+        reqs = self.max_num_seqs + 1
+
+        def forward(tokens: int) -> torch.Tensor:
+            common = CommonAttentionMetadata(
+                query_start_loc=ib.view("query_start_loc", reqs + 1),
+                seq_lens=ib.view("seq_lens", reqs),
+                block_table=ib.device_block_table(reqs),
+                slot_mapping=ib.view("slot_mapping", tokens),
+                query_start_loc_cpu=[],
+                seq_lens_cpu=[],
+                num_reqs=reqs,
+                num_actual_tokens=0,
+                max_query_len=tokens,
+                max_seq_len=0,
+            )
+            # Any mix of long and one-token queries may replay it: the general tiles.
+            md = dataclasses.replace(self.attn_builder.build(common), min_query_len=1)
+            with set_forward_context(md):
+                return self.model(ib.view("input_ids", tokens), ib.view("positions", tokens))
+
+        # Capture-time values: every request empty, every token padding (nothing is read).
+        ib.view("query_start_loc").zero_()
+        ib.view("seq_lens").zero_()
+        ib.view("slot_mapping").fill_(-1)
+        ib.view("input_ids").zero_()
+        ib.view("positions").zero_()
+        # Above ~8k tokens a step's GPU time dwarfs the ~15 ms of an eager launch: no graphs.
+        self.mixed_graph_runner = CUDAGraphRunner(
+            token_capture_sizes(min(ib.max_num_tokens, MAX_GRAPH_TOKENS)), kind="mixed"
+        )
+        self.mixed_graph_runner.capture(forward, self.device)
+        return self.mixed_graph_runner.pool
 
     def _forward(self, so: SchedulerOutput) -> torch.Tensor:
         """Hidden states of each scheduled request's last token: [num_reqs, hidden]."""
         num_reqs = len(so.scheduled)
-        bucket = None
+        bucket = tokens = None
         if self.graph_runner is not None and so.total_num_scheduled_tokens == num_reqs:
             bucket = self.graph_runner.bucket(num_reqs)  # a decode-shaped step (1 token each)
-        common, input_ids, positions, logits_indices = self.input_batch.prepare(so, bucket)
+        if bucket is None and self.mixed_graph_runner is not None:
+            tokens = self.mixed_graph_runner.bucket(so.total_num_scheduled_tokens)
+        common, input_ids, positions, logits_indices = self.input_batch.prepare(so, bucket, tokens)
         if bucket is not None:
             hidden = self.graph_runner.replay(bucket)
+        elif tokens is not None:
+            hidden = self.mixed_graph_runner.replay(tokens)
         else:
             with set_forward_context(self.attn_builder.build(common)):
                 hidden = self.model(input_ids, positions)

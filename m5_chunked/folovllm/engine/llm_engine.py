@@ -48,6 +48,7 @@ class LLMEngine:
             max_num_seqs=self.scheduler_config.max_num_seqs,
             attention_backend=config.attention_backend,
             enforce_eager=config.enforce_eager,
+            cudagraph_mode=config.cudagraph_mode,
         )
         self.kv_cache_manager = KVCacheManager(self.runner.num_blocks, self.runner.block_size)
         self.scheduler = Scheduler(self.scheduler_config, self.kv_cache_manager, self.max_model_len)

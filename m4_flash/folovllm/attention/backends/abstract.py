@@ -67,6 +67,9 @@ class AttentionMetadataBuilder(ABC):
 class AttentionBackend(ABC):
     # True when the metadata is device tensors whose shapes depend only on the batch size.
     supports_cuda_graphs: bool = False
+    # True when one graph per token count can serve any mix of prefills and decodes: the kernels
+    # find each token's request on the device and take padding requests of length 0.
+    supports_full_cuda_graphs: bool = False
 
     @staticmethod
     @abstractmethod

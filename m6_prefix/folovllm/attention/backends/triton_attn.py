@@ -101,6 +101,7 @@ class TritonAttentionImpl(AttentionImpl):
 
 class TritonAttentionBackend(AttentionBackend):
     supports_cuda_graphs = True
+    supports_full_cuda_graphs = True
 
     @staticmethod
     def get_name() -> str:

@@ -66,6 +66,26 @@ def test_request_hashes_cover_full_blocks_only_and_grow_incrementally():
     assert all(x != y for x, y in zip(salted, first))  # the salt reaches every block via the chain
 
 
+@pytest.mark.parametrize("salt", [None, "tenant-a"])
+def test_incremental_hashes_equal_the_reference_chain(salt):
+    """update_block_hashes encodes a run of blocks at once; it must give hash_block_tokens'
+    chain exactly, whatever the steps at which blocks became full."""
+    tokens = [(37 * i) % 5000 - 7 for i in range(4 * BS + 3)]  # negative ids encode too
+    r = req(2, tokens[:5], salt=salt)
+    update_block_hashes(r, BS)
+    for t in tokens[5:]:
+        r.append_output_token(t)
+        if t % 3:
+            update_block_hashes(r, BS)
+    update_block_hashes(r, BS)
+    want, parent = [], None
+    for i in range(len(tokens) // BS):
+        extra = (salt,) if i == 0 and salt is not None else None
+        parent = hash_block_tokens(parent, tokens[i * BS : (i + 1) * BS], extra)
+        want.append(parent)
+    assert r.block_hashes == want
+
+
 # ----------------------------------------------------------------------------- the block pool
 
 

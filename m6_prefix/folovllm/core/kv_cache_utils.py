@@ -35,16 +35,23 @@ def hash_block_tokens(
 
 def update_block_hashes(request, block_size: int) -> list[BlockHash]:
     """Extend ``request.block_hashes`` to every full block of its tokens (incremental: blocks
-    hashed before are never hashed again) and return it."""
+    hashed before are never hashed again) and return it.
+
+    The same bytes as ``hash_block_tokens`` per block, but the new blocks' tokens are encoded
+    once and sliced (a block costs ~1 µs instead of ~4 in Python): hashing is on the host's
+    critical path for every prompt, cached or not."""
     hashes = request.block_hashes
-    num_full = request.num_tokens // block_size
-    if len(hashes) < num_full:
+    first, num_full = len(hashes), request.num_tokens // block_size
+    if first < num_full:
         tokens = request.all_token_ids  # one copy per newly full block, not per step
+        data = memoryview(array("q", tokens[first * block_size : num_full * block_size]).tobytes())
+        width, count = 8 * block_size, block_size.to_bytes(4, "little")
         salt = request.cache_salt
-        for i in range(len(hashes), num_full):
-            block = tokens[i * block_size : (i + 1) * block_size]
-            if i == 0:  # the salt goes into the first block; the chain carries it on
-                hashes.append(hash_block_tokens(None, block, None if salt is None else (salt,)))
-            else:
-                hashes.append(hash_block_tokens(hashes[-1], block))
+        for i in range(first, num_full):
+            h = hashlib.sha256(hashes[-1] if hashes else ROOT_HASH)
+            h.update(count)
+            h.update(data[(i - first) * width : (i - first + 1) * width])
+            if i == 0 and salt is not None:  # the salt goes into the first block only
+                h.update(repr((salt,)).encode())
+            hashes.append(h.digest())
     return hashes

@@ -86,6 +86,17 @@ def test_backend_errors_name_the_field(monkeypatch):
         EngineConfig(attention_backend="xformers")
 
 
+def test_only_checked_backends_replay_mixed_step_graphs():
+    from folovllm.attention.backends.flash_attn import FlashAttentionBackend
+    from folovllm.attention.backends.torch_attn import TorchAttentionBackend
+    from folovllm.attention.backends.triton_attn import TritonAttentionBackend
+
+    assert TritonAttentionBackend.supports_full_cuda_graphs
+    assert FlashAttentionBackend.supports_cuda_graphs
+    assert not FlashAttentionBackend.supports_full_cuda_graphs  # not checked on length-0 padding
+    assert not TorchAttentionBackend.supports_cuda_graphs
+
+
 def test_flash_backend_calls_flash_attn_with_the_paged_cache(monkeypatch):
     """Our plumbing into flash-attn (not installed here): a stand-in module with flash-attn's
     signature computes the answer with the torch reference, so a wrong argument fails."""

@@ -1,0 +1,176 @@
+"""Fused Triton kernels for the small per-token layers: (residual add +) RMSNorm, RoPE, SiLU-mul.
+
+In eager PyTorch each of these is 3-10 elementwise kernels (cast, square, mean, rsqrt, multiply,
+cast back, ...), each reading and writing the whole hidden state: a Qwen3-0.6B decode step
+launches ~60 kernels per layer, and at batch 1 the step is launch-bound, not bandwidth-bound.
+One kernel per layer op reads its inputs once and writes its outputs once.
+
+Each kernel rounds where the torch reference rounds (the residual sum, the normalised value
+before the weight multiply, cos/sin and each product in RoPE, silu before the multiply), so in
+float32 the results are the reference's up to summation order, and in bf16 they differ from it
+only where a reduction order flips a rounding (near-ties, as any other kernel change).
+
+Used on CUDA when triton is importable; ``FOLOVLLM_FUSED_KERNELS=0`` turns them off (the layers
+then run their torch code, as on a CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU-only engine never calls the kernels
+    triton = tl = None
+
+
+@functools.cache
+def _enabled() -> bool:
+    off = os.environ.get("FOLOVLLM_FUSED_KERNELS", "1") == "0"
+    return not off and importlib.util.find_spec("triton") is not None
+
+
+def use_fused(x: torch.Tensor) -> bool:
+    """Fused kernels for this tensor? (CUDA tensors only; tests call the kernels directly.)"""
+    return x.is_cuda and _enabled()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _rms_norm_kernel(
+        x_ptr,
+        res_ptr,  # residual in / new residual out (when HAS_RESIDUAL)
+        w_ptr,
+        out_ptr,
+        x_stride,
+        res_stride,
+        out_stride,
+        n_cols,
+        eps,
+        HAS_RESIDUAL: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        x = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            r = tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0)
+            x = (x + r).to(x_ptr.dtype.element_ty)  # the sum is rounded, as in torch
+            tl.store(res_ptr + row * res_stride + cols, x, mask=mask)
+        xf = x.to(tl.float32)
+        inv = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n_cols + eps)
+        normed = (xf * inv).to(x_ptr.dtype.element_ty)  # cast back before the weight multiply
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+        y = normed.to(tl.float32) * w.to(tl.float32)
+        tl.store(out_ptr + row * out_stride + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _rope_kernel(
+        x_ptr,  # [tokens, heads, head_dim], rotated in place
+        pos_ptr,
+        cos_ptr,  # [max_position, head_dim / 2] float32
+        sin_ptr,
+        x_stride_t,
+        x_stride_h,
+        num_heads,
+        HALF: tl.constexpr,
+        HEADS_PAD: tl.constexpr,
+    ):
+        t = tl.program_id(0).to(tl.int64)
+        pos = tl.load(pos_ptr + t).to(tl.int64)
+        d = tl.arange(0, HALF)
+        h = tl.arange(0, HEADS_PAD)
+        dt = x_ptr.dtype.element_ty
+        cos = tl.load(cos_ptr + pos * HALF + d).to(dt).to(tl.float32)[None, :]
+        sin = tl.load(sin_ptr + pos * HALF + d).to(dt).to(tl.float32)[None, :]
+        mask = (h < num_heads)[:, None]
+        p1 = x_ptr + t * x_stride_t + h[:, None] * x_stride_h + d[None, :]
+        x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
+        # (x1 cos - x2 sin, x2 cos + x1 sin), each product rounded as torch rounds it
+        a = (x1 * cos).to(dt).to(tl.float32) - (x2 * sin).to(dt).to(tl.float32)
+        b = (x2 * cos).to(dt).to(tl.float32) + (x1 * sin).to(dt).to(tl.float32)
+        tl.store(p1, a.to(dt), mask=mask)
+        tl.store(p1 + HALF, b.to(dt), mask=mask)
+
+    @triton.jit
+    def _silu_and_mul_kernel(
+        x_ptr, out_ptr, x_stride, out_stride, d, BLOCK: tl.constexpr
+    ):  # fmt: skip
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < d
+        gate = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + row * x_stride + d + cols, mask=mask, other=0.0).to(tl.float32)
+        dt = out_ptr.dtype.element_ty
+        silu = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
+        tl.store(out_ptr + row * out_stride + cols, (silu * up).to(dt), mask=mask)
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``norm(x)`` over the last dim; with ``residual``: ``norm(x + residual)``, and ``residual``
+    is overwritten with ``x + residual`` (the caller hands over its residual buffer)."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    res = residual.view(-1, shape[-1]) if residual is not None else x2
+    if x2.shape[0]:
+        _rms_norm_kernel[(x2.shape[0],)](
+            x2,
+            res,
+            weight,
+            out,
+            x2.stride(0),
+            res.stride(0),
+            out.stride(0),
+            shape[-1],
+            eps,
+            HAS_RESIDUAL=residual is not None,
+            BLOCK=triton.next_power_of_2(shape[-1]),
+        )
+    return out.view(shape)
+
+
+def rotary_(
+    positions: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    """Rotate ``x`` [tokens, heads, head_dim] in place ("rotate half" layout); returns ``x``."""
+    tokens, heads, head_dim = x.shape
+    assert x.stride(2) == 1
+    if tokens:
+        _rope_kernel[(tokens,)](
+            x,
+            positions,
+            cos,
+            sin,
+            x.stride(0),
+            x.stride(1),
+            heads,
+            HALF=head_dim // 2,
+            HEADS_PAD=triton.next_power_of_2(heads),
+        )
+    return x
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(x[..., :d]) * x[..., d:]`` for ``x`` [..., 2d]."""
+    d = x.shape[-1] // 2
+    x2 = x.reshape(-1, 2 * d)
+    out = torch.empty((x2.shape[0], d), dtype=x.dtype, device=x.device)
+    block = min(1024, triton.next_power_of_2(d))
+    if x2.shape[0]:
+        _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, block))](
+            x2, out, x2.stride(0), out.stride(0), d, BLOCK=block
+        )
+    return out.view(*x.shape[:-1], d)

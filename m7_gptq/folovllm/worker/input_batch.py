@@ -1,0 +1,178 @@
+"""The persistent batch: per-request state that survives between steps, and the step's inputs.
+
+m3 rebuilt every step's tensors from Python lists (``torch.tensor(list)`` per field, block tables
+re-padded). Here each running request owns a row of two host arrays that only grow: its token ids
+(a step appends the tokens sampled since the last one) and its block table (a step appends the
+block ids allocated since the last one). A step's inputs are then computed with numpy from those
+rows into one pinned host buffer, and ONE host->device copy moves them into a device buffer with
+the same layout. The device buffer never moves, so a CUDA graph can read its inputs from it.
+
+Layout of both buffers (int32), sized for the largest step:
+``input_ids[T] | positions[T] | slot_mapping[T] | query_start_loc[R + 1] | seq_lens[R] | block_table[R, W]``
+with T = max tokens per step, R = max requests per step + 1 (a mixed-step graph always has one
+padding request), W = max blocks per request.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from folovllm.attention.backends.abstract import CommonAttentionMetadata
+from folovllm.core.sched.output import SchedulerOutput
+from folovllm.request import Request
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class InputBatch:
+    def __init__(
+        self,
+        max_num_reqs: int,
+        max_num_tokens: int,
+        max_model_len: int,
+        block_size: int,
+        device: torch.device,
+    ) -> None:
+        self.max_num_reqs, self.block_size, self.device = max_num_reqs, block_size, device
+        self.max_num_tokens = max(max_num_tokens, max_num_reqs)  # graph padding needs >= R
+        self.max_blocks = cdiv(max_model_len, block_size)
+        # Per-request rows (host only): the tokens and blocks the runner has seen so far.
+        self.token_ids = np.zeros((max_num_reqs, max_model_len), dtype=np.int32)
+        self.num_tokens = np.zeros(max_num_reqs, dtype=np.int64)
+        self.block_table = np.zeros((max_num_reqs, self.max_blocks), dtype=np.int32)
+        self.num_blocks = np.zeros(max_num_reqs, dtype=np.int64)
+        self.req_to_row: dict[str, int] = {}
+        self.free_rows = list(range(max_num_reqs - 1, -1, -1))
+        # The staging buffer (pinned on CUDA, so the copy is asynchronous) and its device twin.
+        t, r, w = self.max_num_tokens, max_num_reqs + 1, self.max_blocks
+        sizes = {"input_ids": t, "positions": t, "slot_mapping": t}
+        sizes.update(query_start_loc=r + 1, seq_lens=r, block_table=r * w)
+        self.offsets, total = {}, 0
+        for name, n in sizes.items():
+            self.offsets[name], total = (total, total + n), total + n
+        pin = device.type == "cuda"
+        self.host = torch.zeros(total, dtype=torch.int32, pin_memory=pin)
+        self.host_np = self.host.numpy()
+        self.dev = torch.zeros(total, dtype=torch.int32, device=device)
+
+    # -- rows -----------------------------------------------------------------------------------
+    def remove(self, req_id: str) -> None:
+        row = self.req_to_row.pop(req_id, None)
+        if row is not None:
+            self.free_rows.append(row)
+
+    def _sync_row(self, req: Request, block_ids: list[int]) -> int:
+        """Bring the request's row up to date: append new tokens and new block ids only."""
+        row = self.req_to_row.get(req.request_id)
+        if row is None:
+            if not self.free_rows:
+                raise RuntimeError(f"more than max_num_seqs={self.max_num_reqs} requests in a step")
+            row = self.req_to_row[req.request_id] = self.free_rows.pop()
+            self.num_tokens[row] = self.num_blocks[row] = 0
+        have, want = int(self.num_tokens[row]), req.num_tokens
+        if want > have:  # usually one sampled token; the whole prompt for a new row
+            prompt = req.prompt_token_ids
+            if have < len(prompt):
+                self.token_ids[row, have : len(prompt)] = prompt[have:]
+                have = len(prompt)
+            if want > have:
+                p = len(prompt)
+                self.token_ids[row, have:want] = req.output_token_ids[have - p : want - p]
+            self.num_tokens[row] = want
+        have, want = int(self.num_blocks[row]), len(block_ids)
+        if want > have:
+            self.block_table[row, have:want] = block_ids[have:]
+            self.num_blocks[row] = want
+        return row
+
+    # -- one step -------------------------------------------------------------------------------
+    def view(self, name: str, n: int | None = None, on_device: bool = True) -> torch.Tensor:
+        start, end = self.offsets[name]
+        buf = self.dev if on_device else self.host
+        return buf[start : end if n is None else start + n]
+
+    def device_block_table(self, num_reqs: int) -> torch.Tensor:
+        return self.view("block_table", num_reqs * self.max_blocks).view(num_reqs, self.max_blocks)
+
+    def prepare(
+        self, so: SchedulerOutput, pad_to: int | None = None, pad_tokens_to: int | None = None
+    ) -> tuple[CommonAttentionMetadata, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fill the step's inputs; pad to ``pad_to`` requests of one token each (a decode graph),
+        or to ``pad_tokens_to`` tokens and ``max_num_reqs + 1`` requests (a mixed-step graph:
+        the padding tokens belong to the last request, of length 0; those between have none).
+
+        Returns (metadata, input_ids, positions, logits_indices) on the device.
+        """
+        reqs = so.scheduled
+        num_reqs = len(reqs)
+        rows = np.fromiter(
+            (self._sync_row(r, so.block_tables[r.request_id]) for r in reqs), np.int64, num_reqs
+        )
+        n = np.fromiter((so.num_scheduled_tokens[r.request_id] for r in reqs), np.int64, num_reqs)
+        start = np.fromiter((r.num_computed_tokens for r in reqs), np.int64, num_reqs)
+        num_tokens = int(n.sum())
+        qsl = np.zeros(num_reqs + 1, dtype=np.int64)
+        np.cumsum(n, out=qsl[1:])
+        req_of_token = np.repeat(np.arange(num_reqs), n)
+        positions = np.arange(num_tokens) - qsl[:-1][req_of_token] + start[req_of_token]
+        token_rows = rows[req_of_token]
+        bs = self.block_size
+        slots = self.block_table[token_rows, positions // bs].astype(np.int64) * bs + positions % bs
+
+        padded_reqs = num_reqs if pad_to is None else pad_to
+        padded_tokens = num_tokens + (padded_reqs - num_reqs)  # each padding request: one token
+        if pad_tokens_to is not None:
+            padded_reqs, padded_tokens = self.max_num_reqs + 1, pad_tokens_to
+        if padded_tokens > self.max_num_tokens or padded_reqs > self.max_num_reqs + 1:
+            raise RuntimeError("step larger than the input buffers")
+        h = self.host_np
+        o = self.offsets
+
+        def put(name: str, values: np.ndarray, fill: int, length: int) -> None:
+            s = o[name][0]
+            h[s : s + len(values)] = values
+            h[s + len(values) : s + length] = fill
+
+        put("input_ids", self.token_ids[token_rows, positions], 0, padded_tokens)
+        put("positions", positions, 0, padded_tokens)
+        put("slot_mapping", slots, -1, padded_tokens)  # -1: the KV write skips padding tokens
+        s = o["query_start_loc"][0]
+        h[s : s + num_reqs + 1] = qsl
+        if pad_tokens_to is None:
+            h[s + num_reqs + 1 : s + padded_reqs + 1] = np.arange(num_tokens + 1, padded_tokens + 1)
+        else:
+            h[s + num_reqs + 1 : s + padded_reqs] = num_tokens
+            h[s + padded_reqs] = padded_tokens
+        put("seq_lens", start + n, 0, padded_reqs)  # length 0: attention writes zeros
+        w = self.max_blocks
+        s = o["block_table"][0]
+        h[s : s + num_reqs * w] = self.block_table[rows].reshape(-1)
+        if pad_tokens_to is None:
+            h[s + num_reqs * w : s + padded_reqs * w] = 0
+        # One copy: everything up to the end of the block table rows this step uses (a mixed
+        # graph's padding requests read no blocks: their rows may hold anything).
+        end = s + (padded_reqs if pad_tokens_to is None else num_reqs) * w
+        self.dev[:end].copy_(self.host[:end], non_blocking=True)
+
+        common = CommonAttentionMetadata(
+            query_start_loc=self.view("query_start_loc", padded_reqs + 1),
+            seq_lens=self.view("seq_lens", padded_reqs),
+            block_table=self.device_block_table(padded_reqs),
+            slot_mapping=self.view("slot_mapping", padded_tokens),
+            query_start_loc_cpu=qsl.tolist(),
+            seq_lens_cpu=(start + n).tolist(),
+            num_reqs=padded_reqs,
+            num_actual_tokens=num_tokens,
+            max_query_len=int(n.max()),
+            max_seq_len=int((start + n).max()),
+        )
+        logits_indices = self.view("query_start_loc")[1 : num_reqs + 1] - 1
+        return (
+            common,
+            self.view("input_ids", padded_tokens),
+            self.view("positions", padded_tokens),
+            logits_indices,
+        )

@@ -1,0 +1,377 @@
+"""The runner owns device state: the model, the KV cache, the RNGs. It turns a SchedulerOutput into
+tensors (input_ids, positions, slot_mapping, attention metadata), runs the model, and samples.
+
+m4: the step's inputs come from a persistent InputBatch (one host->device copy per step), the
+attention backend is chosen by ``attention_backend``, and decode steps replay CUDA graphs
+(``enforce_eager=True`` turns them off).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from folovllm.attention.backends import select_attn_backend
+from folovllm.attention.backends.abstract import CommonAttentionMetadata
+from folovllm.config import KV_CACHE_DTYPES, CacheConfig, ModelConfig
+from folovllm.core.sched.output import SchedulerOutput
+from folovllm.forward_context import set_forward_context
+from folovllm.model_executor.models import get_model
+from folovllm.request import Request
+from folovllm.sample.sampler import Sampler, SamplingMetadata
+from folovllm.sampling_params import SamplingParams
+from folovllm.worker.cuda_graph import CUDAGraphRunner, capture_sizes, token_capture_sizes
+from folovllm.worker.input_batch import InputBatch
+
+logger = logging.getLogger(__name__)
+MAX_GRAPH_TOKENS = 8192  # the largest prefill / mixed step replayed from a CUDA graph
+
+DEFAULT_CPU_KV_BYTES = 2 * 2**30  # without kv_cache_memory_gb on the CPU
+
+
+def kv_cache_budget(
+    total: int, free: int, peak_activations: int, utilization: float, min_bytes: int = 1
+) -> int:
+    """Bytes the KV cache may take: ``total * utilization`` minus what is already in use (weights,
+    other processes: ``total - free``) minus the peak activations of the largest step.
+
+    Raises ValueError naming gpu_memory_utilization when that leaves less than ``min_bytes``.
+    """
+    used = total - free
+    budget = int(total * utilization) - used - peak_activations
+    if budget < min_bytes:
+        needed = (used + peak_activations + min_bytes) / total
+        raise ValueError(
+            f"gpu_memory_utilization={utilization} allows {total * utilization / 2**30:.2f} GiB of "
+            f"{total / 2**30:.2f} GiB, but {used / 2**30:.2f} GiB are in use (weights, other "
+            f"processes) and the peak activations take {peak_activations / 2**30:.2f} GiB, leaving "
+            f"less than the {min_bytes / 2**30:.2f} GiB the KV cache needs: set "
+            f"gpu_memory_utilization >= {needed:.3f}"
+        )
+    return budget
+
+
+@dataclass
+class ModelRunnerOutput:
+    req_ids: list[str]  # requests that produced a token this step, in batch order
+    sampled_token_ids: list[int]
+    logits: torch.Tensor | None = None  # [len(req_ids), vocab], kept only when asked (tests)
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        max_num_batched_tokens: int,
+        keep_logits: bool = False,
+        max_num_seqs: int = 256,
+        attention_backend: str | None = None,
+        enforce_eager: bool = False,
+        cudagraph_mode: str = "full",
+    ) -> None:
+        self.model_config = model_config
+        self.device, self.dtype = model_config.device, model_config.dtype
+        self.max_model_len = model_config.max_model_len
+        self.max_num_seqs = max_num_seqs
+        self.keep_logits = keep_logits
+        torch.manual_seed(model_config.seed)
+        # Chosen before the model is built: every Attention layer asks for it.
+        if cache_config.kv_cache_dtype == "fp8" and attention_backend in (None, "auto"):
+            if self.device.type == "cuda":
+                attention_backend = "triton"  # flash-attn 2 cannot read an fp8 cache
+        self.attn_backend = select_attn_backend(
+            attention_backend, self.device.type, cache_config.block_size
+        )
+        self.model = get_model(model_config)
+        self.attn_builder = self._make_builder()
+        self.sampler = Sampler()
+        self.generators: dict[str, torch.Generator] = {}
+        # Without paging, one block is a whole max_model_len row: m2's reservation, for comparison.
+        self.block_size = (
+            cache_config.block_size if cache_config.enable_paged_kv else self.max_model_len
+        )
+        # The cache's element type: the model's, or float8 e4m3 for kv_cache_dtype="fp8".
+        self.kv_dtype = KV_CACHE_DTYPES[cache_config.kv_cache_dtype] or self.dtype
+        self.kv_bytes_per_token = model_config.arch.kv_bytes_per_token(self.kv_dtype)
+        self.block_bytes = self.block_size * self.kv_bytes_per_token
+        self.input_batch = InputBatch(
+            max_num_seqs, max_num_batched_tokens, self.max_model_len, self.block_size, self.device
+        )
+        self.num_blocks = self._num_blocks(cache_config, max_num_batched_tokens)
+        self.kv_caches = self._allocate_kv_cache(self.num_blocks)
+        self.graph_runner: CUDAGraphRunner | None = None
+        self.mixed_graph_runner: CUDAGraphRunner | None = None  # prefill / mixed steps
+        if self.device.type == "cuda" and not enforce_eager:
+            if getattr(self.attn_backend, "supports_cuda_graphs", False):
+                full = cudagraph_mode == "full"
+                self._capture_cuda_graphs(
+                    full and getattr(self.attn_backend, "supports_full_cuda_graphs", False)
+                )
+            else:
+                logger.info(
+                    "CUDA graphs off: the %s backend builds its metadata on the host",
+                    self.attn_backend.get_name(),
+                )
+
+    def _make_builder(self):
+        if self.attn_backend.get_name() == "torch":
+            return self.attn_backend.get_builder_cls()()
+        arch = self.model_config.arch
+        sms = (
+            torch.cuda.get_device_properties(self.device).multi_processor_count
+            if self.device.type == "cuda"
+            else 1
+        )
+        return self.attn_backend.get_builder_cls()(arch.num_key_value_heads, sms)
+
+    def _num_blocks(self, cache_config: CacheConfig, max_num_batched_tokens: int) -> int:
+        """How many KV blocks fit the budget: given outright, in GiB, or what the GPU has left."""
+        if cache_config.num_gpu_blocks is not None:
+            num_blocks = cache_config.num_gpu_blocks
+        else:
+            if cache_config.kv_cache_memory_gb is not None:
+                budget = int(cache_config.kv_cache_memory_gb * 2**30)
+            elif self.device.type == "cuda":
+                budget = self._profile_free_memory(
+                    cache_config.gpu_memory_utilization,
+                    max_num_batched_tokens,
+                    self.max_model_len * self.kv_bytes_per_token,
+                )
+            else:
+                budget = DEFAULT_CPU_KV_BYTES
+            num_blocks = max(0, budget) // self.block_bytes
+        if num_blocks * self.block_size < self.max_model_len:
+            raise ValueError(
+                f"the KV cache ({num_blocks} blocks x {self.block_size} tokens) cannot hold one sequence "
+                f"of max_model_len={self.max_model_len}: lower max_model_len or give the cache more memory"
+            )
+        return num_blocks
+
+    @torch.inference_mode()
+    def _profile_free_memory(
+        self, utilization: float, max_num_batched_tokens: int, min_bytes: int = 1
+    ) -> int:
+        """Bytes left for KV after the weights and the peak activations of a full-budget step
+        (vLLM's profile run): run the largest batch once with a scratch cache and measure."""
+        free, total = torch.cuda.mem_get_info(self.device)
+        used_by_others_and_weights = total - free
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        scratch_bytes = self._profile_run(max_num_batched_tokens)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - before - scratch_bytes
+        torch.cuda.empty_cache()  # the scratch cache is unbound and dropped by now
+        budget = kv_cache_budget(total, free, peak, utilization, min_bytes)
+        logger.info(
+            "profile: %.2f GiB in use before, %.2f GiB peak activations, %.2f GiB left for KV at utilization %.2f",
+            used_by_others_and_weights / 2**30,
+            peak / 2**30,
+            budget / 2**30,
+            utilization,
+        )
+        return budget
+
+    @torch.inference_mode()
+    def _profile_run(self, max_num_batched_tokens: int) -> int:
+        """Run the largest steps once on a scratch cache and return its bytes: a prefill of
+        max_num_batched_tokens prompt tokens (requests of at most max_model_len), then a decode of
+        max_num_seqs requests whose logits go through the sampler with top-k and top-p (float32
+        [max_num_seqs, vocab] plus the sort buffers). The scratch cache is unbound at the end."""
+        lens, remaining = [], max_num_batched_tokens
+        while remaining > 0 and len(lens) < self.max_num_seqs:
+            lens.append(min(remaining, self.max_model_len))
+            remaining -= lens[-1]
+        reqs = [
+            Request(f"profile-{i}", None, [0] * n, SamplingParams(max_tokens=1))
+            for i, n in enumerate(lens)
+        ]
+        tables, first = {}, 0
+        for r in reqs:
+            n = -(-r.num_prompt_tokens // self.block_size)
+            tables[r.request_id], first = list(range(first, first + n)), first + n
+        # Decode-shaped: max_num_seqs requests of one block each, the last token new.
+        params = SamplingParams(temperature=1.0, top_k=1, top_p=0.9, max_tokens=1)
+        decodes = [
+            Request(f"profile-decode-{i}", None, [0] * self.block_size, params)
+            for i in range(self.max_num_seqs)
+        ]
+        for i, r in enumerate(decodes):
+            r.num_computed_tokens = self.block_size - 1
+            tables[r.request_id] = [i]
+        scratch = self._allocate_kv_cache(max(first, len(decodes)), log=False)
+        scratch_bytes = sum(c.numel() * c.element_size() for c in scratch)
+        for so in (
+            SchedulerOutput(reqs, {r.request_id: r.num_prompt_tokens for r in reqs}, tables),
+            SchedulerOutput(decodes, {r.request_id: 1 for r in decodes}, tables),
+        ):
+            common, input_ids, positions, logits_indices = self.input_batch.prepare(so)
+            with set_forward_context(self.attn_builder.build(common)):
+                hidden = self.model(input_ids, positions)
+            logits = self.model.compute_logits(hidden[logits_indices])
+            del hidden
+            sampling = SamplingMetadata.from_requests(so.scheduled, logits.shape[-1], self.device)
+            self.sampler(logits, sampling)
+            del logits
+            for r in so.scheduled:
+                self.input_batch.remove(r.request_id)
+        # Unbind and drop the scratch cache so that empty_cache() can really give it back.
+        for layer in self.model.model.layers:
+            layer.self_attn.attn.kv_cache = None
+        del scratch
+        return scratch_bytes
+
+    def _allocate_kv_cache(self, num_blocks: int, log: bool = True) -> list[torch.Tensor]:
+        arch = self.model_config.arch
+        shape = self.attn_backend.get_kv_cache_shape(
+            num_blocks, self.block_size, arch.num_key_value_heads, arch.head_dim
+        )
+        caches = []
+        for layer in self.model.model.layers:
+            cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+            layer.self_attn.attn.kv_cache = cache
+            caches.append(cache)
+        if log:
+            total = sum(c.numel() * c.element_size() for c in caches)
+            logger.info(
+                "KV cache: %d blocks x %d tokens = %d tokens, %.1f MiB; holds %.1f sequences of max_model_len=%d",
+                num_blocks,
+                self.block_size,
+                num_blocks * self.block_size,
+                total / 2**20,
+                num_blocks * self.block_size / self.max_model_len,
+                self.max_model_len,
+            )
+        return caches
+
+    @torch.inference_mode()
+    def _capture_cuda_graphs(self, mixed: bool) -> None:
+        sizes = capture_sizes(self.max_num_seqs)
+        ib = self.input_batch
+        pool = None
+        if mixed:  # first: the largest step sets the shared pool's size
+            pool = self._capture_mixed_graphs()
+
+        def forward(size: int) -> torch.Tensor:
+            # Capture-time values do not matter (replays read the buffers): all padding here.
+            common = CommonAttentionMetadata(
+                query_start_loc=ib.view("query_start_loc", size + 1),
+                seq_lens=ib.view("seq_lens", size),
+                block_table=ib.device_block_table(size),
+                slot_mapping=ib.view("slot_mapping", size),
+                query_start_loc_cpu=[],
+                seq_lens_cpu=[],
+                num_reqs=size,
+                num_actual_tokens=0,
+                max_query_len=1,
+                max_seq_len=0,
+            )
+            with set_forward_context(self.attn_builder.build(common)):
+                return self.model(ib.view("input_ids", size), ib.view("positions", size))
+
+        ib.view("query_start_loc").copy_(torch.arange(ib.view("query_start_loc").numel()))
+        ib.view("seq_lens").zero_()
+        ib.view("slot_mapping").fill_(-1)
+        self.graph_runner = CUDAGraphRunner(sizes)
+        self.graph_runner.capture(forward, self.device, pool)
+
+    def _capture_mixed_graphs(self):
+        """One graph per token count for prefill / mixed steps, with ``max_num_seqs + 1``
+        requests (padding requests have length 0). Returns the memory pool."""
+        import dataclasses
+
+        ib = self.input_batch
+        reqs = self.max_num_seqs + 1
+
+        def forward(tokens: int) -> torch.Tensor:
+            common = CommonAttentionMetadata(
+                query_start_loc=ib.view("query_start_loc", reqs + 1),
+                seq_lens=ib.view("seq_lens", reqs),
+                block_table=ib.device_block_table(reqs),
+                slot_mapping=ib.view("slot_mapping", tokens),
+                query_start_loc_cpu=[],
+                seq_lens_cpu=[],
+                num_reqs=reqs,
+                num_actual_tokens=0,
+                max_query_len=tokens,
+                max_seq_len=0,
+            )
+            # Any mix of long and one-token queries may replay it: the general tiles.
+            md = dataclasses.replace(self.attn_builder.build(common), min_query_len=1)
+            with set_forward_context(md):
+                return self.model(ib.view("input_ids", tokens), ib.view("positions", tokens))
+
+        # Capture-time values: every request empty, every token padding (nothing is read).
+        ib.view("query_start_loc").zero_()
+        ib.view("seq_lens").zero_()
+        ib.view("slot_mapping").fill_(-1)
+        ib.view("input_ids").zero_()
+        ib.view("positions").zero_()
+        # Above ~8k tokens a step's GPU time dwarfs the ~15 ms of an eager launch: no graphs.
+        self.mixed_graph_runner = CUDAGraphRunner(
+            token_capture_sizes(min(ib.max_num_tokens, MAX_GRAPH_TOKENS)), kind="mixed"
+        )
+        self.mixed_graph_runner.capture(forward, self.device)
+        return self.mixed_graph_runner.pool
+
+    def _forward(self, so: SchedulerOutput) -> torch.Tensor:
+        """Hidden states of each scheduled request's last token: [num_reqs, hidden]."""
+        num_reqs = len(so.scheduled)
+        bucket = tokens = None
+        if self.graph_runner is not None and so.total_num_scheduled_tokens == num_reqs:
+            bucket = self.graph_runner.bucket(num_reqs)  # a decode-shaped step (1 token each)
+        if bucket is None and self.mixed_graph_runner is not None:
+            tokens = self.mixed_graph_runner.bucket(so.total_num_scheduled_tokens)
+        common, input_ids, positions, logits_indices = self.input_batch.prepare(so, bucket, tokens)
+        if bucket is not None:
+            hidden = self.graph_runner.replay(bucket)
+        elif tokens is not None:
+            hidden = self.mixed_graph_runner.replay(tokens)
+        else:
+            with set_forward_context(self.attn_builder.build(common)):
+                hidden = self.model(input_ids, positions)
+        return hidden[logits_indices]
+
+    @torch.inference_mode()
+    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        for req_id in so.finished_req_ids:
+            self.generators.pop(req_id, None)
+            self.input_batch.remove(req_id)
+        for req_id in so.preempted_req_ids:
+            self.input_batch.remove(req_id)  # its blocks are gone; it comes back as a new row
+        if so.is_empty:
+            return ModelRunnerOutput([], [])
+        hidden, reqs = self._forward(so), so.scheduled
+        # m5: a row whose prompt is still being chunked yields no token (vLLM's discard mask): it
+        # is not sampled, so its seeded RNG does not advance and no stop check sees it.
+        done = [
+            i
+            for i, r in enumerate(reqs)
+            if r.num_computed_tokens + so.num_scheduled_tokens[r.request_id] >= r.num_tokens
+        ]
+        if len(done) < len(reqs):
+            if not done:
+                return ModelRunnerOutput([], [])
+            idx = torch.tensor(done)
+            if self.device.type == "cuda":  # pinned: a pageable copy would wait for the forward
+                idx = idx.pin_memory().to(self.device, non_blocking=True)
+            hidden, reqs = hidden[idx], [reqs[i] for i in done]
+        logits = self.model.compute_logits(hidden)
+        md = SamplingMetadata.from_requests(
+            reqs, logits.shape[-1], self.device, self._generators(reqs)
+        )
+        sampled = self.sampler(logits, md).tolist()  # the step's one device->host sync
+        return ModelRunnerOutput(
+            [r.request_id for r in reqs], sampled, logits.float() if self.keep_logits else None
+        )
+
+    def _generators(self, requests: list[Request]) -> dict[str, torch.Generator]:
+        for r in requests:
+            seed = r.sampling_params.seed
+            if seed is not None and r.request_id not in self.generators:
+                self.generators[r.request_id] = torch.Generator(device=self.device).manual_seed(
+                    seed
+                )
+        return self.generators

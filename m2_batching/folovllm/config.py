@@ -273,4 +273,9 @@ def resolve_scheduler_config(config: SchedulerConfig, max_model_len: int) -> Sch
             f"max_num_batched_tokens={budget} is smaller than max_model_len={max_model_len}: "
             f"without chunked prefill (m5_chunked) a whole prompt must fit in one step"
         )
+    if budget < config.max_num_seqs:  # every running request decodes one token per step
+        raise ValueError(
+            f"max_num_batched_tokens={budget} is smaller than max_num_seqs={config.max_num_seqs}: "
+            f"a step where every request decodes would exceed the token budget"
+        )
     return SchedulerConfig(config.max_num_seqs, budget, max_model_len)

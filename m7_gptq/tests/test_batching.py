@@ -128,6 +128,20 @@ def test_budget_smaller_than_max_model_len_is_rejected(tiny_qwen3):
     assert make(tiny_qwen3, max_num_batched_tokens=64).scheduler_config.max_num_batched_tokens == 64
 
 
+def test_budget_smaller_than_max_num_seqs_is_rejected(tiny_qwen3):
+    """Without chunking every running request decodes each step: max_num_seqs tokens at most.
+    (m5's one-budget scheduler defers decodes beyond the budget instead, so it accepts this.)"""
+    from folovllm.milestone import has_milestone
+
+    if has_milestone("m5_chunked"):
+        make(tiny_qwen3, max_num_batched_tokens=128, max_batch_size=200)
+        return
+    with pytest.raises(
+        ValueError, match="max_num_batched_tokens=128 is smaller than max_num_seqs=200"
+    ):
+        make(tiny_qwen3, max_num_batched_tokens=128, max_batch_size=200)
+
+
 @pytest.mark.parametrize(
     "field,value",
     [("max_batch_size", 0), ("max_num_batched_tokens", -1), ("kv_cache_memory_gb", 0)],

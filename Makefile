@@ -30,11 +30,10 @@ demo: $(STAMP)
 
 # Every milestone's suite in its own process (only that milestone's folovllm importable),
 # then the cross-milestone tests, the lineage check and a strict docs build.
+# TEST_JOBS suites run side by side (tools/run_suites.py; TEST_JOBS=1: one after another).
+TEST_JOBS   ?= 2
 test: $(STAMP)
-	@set -e; for m in $(MILESTONES); do \
-		echo "== $$m =="; \
-		(cd $$m && PYTHONPATH=. $(VPY) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)); \
-	done
+	$(VPY) tools/run_suites.py $(MILESTONES) --jobs $(TEST_JOBS) -- $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-root lineage docs
 
 test-root: $(STAMP)

@@ -243,6 +243,25 @@ def test_folo_tiny_gptq_beats_rtn(tmp_path):
     ppl_rtn = evaluate(tmp_path / "rtn")["perplexity"]
     assert ppl_gptq < 0.995 * ppl_rtn
     assert 0.95 * base < ppl_gptq < 1.1 * base and ppl_rtn < 1.1 * base
+    # Reload our checkpoint in the engine and generate: the tokens of its float32 reference model.
+    from folovllm import EngineConfig, SamplingParams
+    from folovllm.engine.llm_engine import LLMEngine
+    from folovllm.quantize.reference import hf_model_from_gptq_checkpoint
+
+    engine = LLMEngine(EngineConfig(model=str(tmp_path / "gptq"), device="cpu", dtype="float32"))
+    assert engine.model_config.quant_config.group_size == 64
+    ref = hf_model_from_gptq_checkpoint(tmp_path / "gptq")
+    for prompt in ("The for statement", "A list comprehension"):
+        ids = engine.tokenizer(prompt)["input_ids"]
+        engine.add_request(ids, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+        ours = None
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                ours = out.token_ids
+        with torch.no_grad():
+            want = ref.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12,
+                                eos_token_id=None, pad_token_id=0)[0, len(ids) :].tolist()  # fmt: skip
+        assert ours == want, prompt
 
 
 @pytest.mark.parametrize(

@@ -82,3 +82,98 @@ def test_fused_kernels_can_be_turned_off(monkeypatch):
         assert not fused._enabled()
     finally:
         fused._enabled.cache_clear()
+
+
+def _qk_inputs(dtype, tokens, heads, kv_heads, head_dim, seed=3):
+    """A strided qkv (the projection output inside a wider buffer), random positions, RMSNorms."""
+    g = torch.Generator().manual_seed(seed)
+    width = (heads + 2 * kv_heads) * head_dim
+    qkv = torch.randn(tokens, width + 16, generator=g).to(DEVICE, dtype)[:, :width]
+    positions = torch.randint(0, 64, (tokens,), generator=g).to(DEVICE)
+    norms = [RMSNorm(head_dim, 1e-6).to(DEVICE, dtype) for _ in range(2)]
+    with torch.no_grad():
+        for n in norms:
+            n.weight.copy_(torch.randn(head_dim, generator=g))
+    return qkv, positions, RotaryEmbedding(head_dim, 64, 10000.0).to(DEVICE), norms
+
+
+def _torch_qk(qkv, positions, rope, heads, kv_heads, head_dim, norms):
+    """What Qwen2Attention does without the fused kernel: split, (Qwen3: norm), rotate."""
+    q = qkv[:, : heads * head_dim].view(-1, heads, head_dim)
+    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(-1, kv_heads, head_dim)
+    if norms:
+        q, k = norms[0](q), norms[1](k)
+    return _reference(lambda: rope(positions, q.clone(), k.clone()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 2, 32), (2, 2, 64)])
+@pytest.mark.parametrize("qk_norm", [True, False], ids=["qwen3", "qwen2"])
+def test_qk_norm_rope_matches_torch_path(dtype, heads, kv_heads, head_dim, qk_norm):
+    qkv, positions, rope, norms = _qk_inputs(dtype, 7, heads, kv_heads, head_dim)
+    qkv_before = qkv.clone()
+    ref_q, ref_k = _reference(
+        lambda: _torch_qk(qkv, positions, rope, heads, kv_heads, head_dim, norms if qk_norm else [])
+    )
+    w = (norms[0].weight, norms[1].weight, 1e-6) if qk_norm else ()
+    args = (rope.cos_cache, rope.sin_cache, heads, kv_heads, head_dim, *w)
+    q, k = fused.qk_norm_rope(qkv, positions, *args)
+    assert q.is_contiguous() and k.is_contiguous()
+    torch.testing.assert_close(q, ref_q, atol=TOL[dtype], rtol=TOL[dtype])
+    torch.testing.assert_close(k, ref_k, atol=TOL[dtype], rtol=TOL[dtype])
+    assert torch.equal(qkv, qkv_before)  # read only: v (a view of qkv) is untouched
+    q0, k0 = fused.qk_norm_rope(qkv[:0], positions[:0], *args)  # an empty batch launches nothing
+    assert q0.shape == (0, heads, head_dim) and k0.shape == (0, kv_heads, head_dim)
+
+
+def test_qk_norm_rope_rounds_as_the_two_step_kernels():
+    """One kernel = fused.rms_norm per head, then fused.rotary_ (float32: up to summation order)."""
+    qkv, positions, rope, (qn, kn) = _qk_inputs(torch.float32, 5, 4, 2, 32, seed=4)
+    q = fused.rms_norm(qkv[:, :128].view(5, 4, 32), qn.weight, 1e-6)
+    k = fused.rms_norm(qkv[:, 128:192].view(5, 2, 32), kn.weight, 1e-6)
+    fused.rotary_(positions, q, rope.cos_cache, rope.sin_cache)
+    fused.rotary_(positions, k, rope.cos_cache, rope.sin_cache)
+    args = (rope.cos_cache, rope.sin_cache, 4, 2, 32, qn.weight, kn.weight, 1e-6)
+    q1, k1 = fused.qk_norm_rope(qkv, positions, *args)
+    torch.testing.assert_close(q1, q, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(k1, k, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("qk_norm", [True, False], ids=["qwen3", "qwen2"])
+def test_attention_layer_fused_path_matches_torch_path(monkeypatch, qk_norm):
+    """Qwen2Attention through the fused kernel = through its torch code (attention stubbed out)."""
+    from folovllm.config import ModelArchConfig
+    from folovllm.model_executor.models.qwen2 import Qwen2Attention
+
+    shape = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=1)
+    cfg = ModelArchConfig(
+        "Qwen3ForCausalLM", "qwen3", **shape, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=32, rms_norm_eps=1e-6, rope_theta=1e4, max_position_embeddings=64,
+        tie_word_embeddings=False, attention_bias=not qk_norm, qk_norm=qk_norm,
+    )  # fmt: skip
+    torch.manual_seed(5)
+    layer = Qwen2Attention(cfg, 0, RotaryEmbedding(32, 64, 1e4)).to(DEVICE)
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.5)
+    seen = []
+    layer.attn.forward = lambda q, k, v: seen.append((q, k, v)) or q  # the heads attention gets
+    hidden, positions = torch.randn(6, 64, device=DEVICE), torch.tensor([0, 3, 9, 1, 63, 2])
+    with torch.no_grad():
+        ref = _reference(lambda: layer(positions.to(DEVICE), hidden))
+        monkeypatch.setattr(fused, "use_fused", lambda x: True)
+        out = layer(positions.to(DEVICE), hidden)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip(seen[1], seen[0]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 300])
+def test_qk_norm_rope_bf16_qwen3_shape(tokens):
+    """Qwen3-0.6B's attention (16 q heads, 8 kv heads, head_dim 128) in bf16, compiled."""
+    qkv, positions, rope, norms = _qk_inputs(torch.bfloat16, tokens, 16, 8, 128)
+    ref_q, ref_k = _reference(lambda: _torch_qk(qkv, positions, rope, 16, 8, 128, norms))
+    args = (rope.cos_cache, rope.sin_cache, 16, 8, 128, norms[0].weight, norms[1].weight, 1e-6)
+    q, k = fused.qk_norm_rope(qkv, positions, *args)
+    torch.testing.assert_close(q, ref_q, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(k, ref_k, atol=2e-2, rtol=2e-2)

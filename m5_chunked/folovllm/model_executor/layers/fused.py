@@ -1,9 +1,11 @@
-"""Fused Triton kernels for the small per-token layers: (residual add +) RMSNorm, RoPE, SiLU-mul.
+"""Fused Triton kernels for the small per-token layers: (residual add +) RMSNorm, RoPE, SiLU-mul,
+and q/k per-head RMSNorm (Qwen3) + RoPE straight from the qkv projection's output.
 
 In eager PyTorch each of these is 3-10 elementwise kernels (cast, square, mean, rsqrt, multiply,
 cast back, ...), each reading and writing the whole hidden state: a Qwen3-0.6B decode step
 launches ~60 kernels per layer, and at batch 1 the step is launch-bound, not bandwidth-bound.
-One kernel per layer op reads its inputs once and writes its outputs once.
+One kernel per layer op reads its inputs once and writes its outputs once; attention's q/k norm and
+RoPE (two copies, two norms, two rotations in torch-op terms) are one kernel too.
 
 Each kernel rounds where the torch reference rounds (the residual sum, the normalised value
 before the weight multiply, cos/sin and each product in RoPE, silu before the multiply), so in
@@ -72,6 +74,31 @@ if triton is not None:
         tl.store(out_ptr + row * out_stride + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
+    def _norm_rope_heads(src, dst, head_stride, n_heads, pos, cos_ptr, sin_ptr, w_ptr, eps,
+                         HAS_NORM: tl.constexpr, HALF: tl.constexpr, HEADS_PAD: tl.constexpr):  # fmt: skip
+        """``n_heads`` heads at ``src`` (may be ``dst``): RMSNorm each if HAS_NORM, then RoPE."""
+        dt = src.dtype.element_ty
+        d = tl.arange(0, HALF)[None, :]
+        h = tl.arange(0, HEADS_PAD)[:, None]
+        x1 = tl.load(src + h * head_stride + d, mask=h < n_heads, other=0.0).to(tl.float32)
+        x2 = tl.load(src + h * head_stride + HALF + d, mask=h < n_heads, other=0.0).to(tl.float32)
+        if HAS_NORM:  # as RMSNorm._norm: float32 statistics, cast back, times the weight, rounded
+            ss = tl.sum(x1 * x1, 1) + tl.sum(x2 * x2, 1)
+            inv = (1.0 / tl.sqrt(ss / (2 * HALF) + eps))[:, None]
+            w1 = tl.load(w_ptr + d).to(tl.float32)
+            w2 = tl.load(w_ptr + HALF + d).to(tl.float32)
+            x1 = ((x1 * inv).to(dt).to(tl.float32) * w1).to(dt).to(tl.float32)
+            x2 = ((x2 * inv).to(dt).to(tl.float32) * w2).to(dt).to(tl.float32)
+        pos = pos.to(tl.int64)
+        cos = tl.load(cos_ptr + pos * HALF + d).to(dt).to(tl.float32)  # cast first, as torch does
+        sin = tl.load(sin_ptr + pos * HALF + d).to(dt).to(tl.float32)
+        # (x1 cos - x2 sin, x2 cos + x1 sin), each product rounded as torch rounds it
+        a = (x1 * cos).to(dt).to(tl.float32) - (x2 * sin).to(dt).to(tl.float32)
+        b = (x2 * cos).to(dt).to(tl.float32) + (x1 * sin).to(dt).to(tl.float32)
+        tl.store(dst + h * head_stride + d, a.to(dt), mask=h < n_heads)
+        tl.store(dst + h * head_stride + HALF + d, b.to(dt), mask=h < n_heads)
+
+    @triton.jit
     def _rope_kernel(
         x_ptr,  # [tokens, heads, head_dim], rotated in place
         pos_ptr,
@@ -84,21 +111,29 @@ if triton is not None:
         HEADS_PAD: tl.constexpr,
     ):
         t = tl.program_id(0).to(tl.int64)
-        pos = tl.load(pos_ptr + t).to(tl.int64)
-        d = tl.arange(0, HALF)
-        h = tl.arange(0, HEADS_PAD)
-        dt = x_ptr.dtype.element_ty
-        cos = tl.load(cos_ptr + pos * HALF + d).to(dt).to(tl.float32)[None, :]
-        sin = tl.load(sin_ptr + pos * HALF + d).to(dt).to(tl.float32)[None, :]
-        mask = (h < num_heads)[:, None]
-        p1 = x_ptr + t * x_stride_t + h[:, None] * x_stride_h + d[None, :]
-        x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
-        # (x1 cos - x2 sin, x2 cos + x1 sin), each product rounded as torch rounds it
-        a = (x1 * cos).to(dt).to(tl.float32) - (x2 * sin).to(dt).to(tl.float32)
-        b = (x2 * cos).to(dt).to(tl.float32) + (x1 * sin).to(dt).to(tl.float32)
-        tl.store(p1, a.to(dt), mask=mask)
-        tl.store(p1 + HALF, b.to(dt), mask=mask)
+        x, pos = x_ptr + t * x_stride_t, tl.load(pos_ptr + t)  # rotated in place, no norm
+        _norm_rope_heads(x, x, x_stride_h, num_heads, pos, cos_ptr, sin_ptr, x_ptr, 0.0,
+                         False, HALF, HEADS_PAD)  # fmt: skip
+
+    @triton.jit
+    def _qk_norm_rope_kernel(
+        qkv_ptr,  # [tokens, (H + 2 KV) * head_dim], any row stride: q heads, k heads, v heads
+        pos_ptr,
+        cos_ptr,
+        sin_ptr,
+        qw_ptr,  # q_norm / k_norm weights [head_dim] (read when HAS_NORM: Qwen3)
+        kw_ptr,
+        q_ptr,  # out: [tokens, H, head_dim], contiguous
+        k_ptr,  # out: [tokens, KV, head_dim], contiguous
+        qkv_stride, H, KV, eps,
+        HAS_NORM: tl.constexpr, HALF: tl.constexpr, Q_PAD: tl.constexpr, KV_PAD: tl.constexpr,
+    ):  # fmt: skip
+        t = tl.program_id(0).to(tl.int64)  # one program per token: all its q heads, then k heads
+        src, pos, D = qkv_ptr + t * qkv_stride, tl.load(pos_ptr + t), 2 * HALF
+        _norm_rope_heads(src, q_ptr + t * H * D, D, H, pos, cos_ptr, sin_ptr, qw_ptr, eps,
+                         HAS_NORM, HALF, Q_PAD)  # fmt: skip
+        _norm_rope_heads(src + H * D, k_ptr + t * KV * D, D, KV, pos, cos_ptr, sin_ptr, kw_ptr, eps,
+                         HAS_NORM, HALF, KV_PAD)  # fmt: skip
 
     @triton.jit
     def _silu_and_mul_kernel(
@@ -161,6 +196,35 @@ def rotary_(
             HEADS_PAD=triton.next_power_of_2(heads),
         )
     return x
+
+
+def qk_norm_rope(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    q_weight: torch.Tensor | None = None,
+    k_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k from the qkv output [tokens, (H + 2 KV) * head_dim] in one kernel: each head
+    RMS-normed (given the weights: Qwen3), then rotated. Returns new contiguous q [tokens, H,
+    head_dim] and k [tokens, KV, head_dim]; v stays a view of ``qkv``."""
+    assert qkv.stride(-1) == 1
+    tokens = qkv.shape[0]
+    q = qkv.new_empty(tokens, num_heads, head_dim)
+    k = qkv.new_empty(tokens, num_kv_heads, head_dim)
+    if tokens:
+        w = (qkv, qkv) if q_weight is None else (q_weight, k_weight)  # unread without the norm
+        _qk_norm_rope_kernel[(tokens,)](
+            qkv, positions, cos_cache, sin_cache, *w, q, k, qkv.stride(0), num_heads, num_kv_heads,
+            eps, HAS_NORM=q_weight is not None, HALF=head_dim // 2,
+            Q_PAD=triton.next_power_of_2(num_heads), KV_PAD=triton.next_power_of_2(num_kv_heads),
+        )  # fmt: skip
+    return q, k
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call (see the device tool's README): checks, then times, every variant; JSON under $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu_session.sh [m1] [m2] [m3] [m4check] [m4] [m5check] [m5]
-#   [m6check] [m6] [graphtest] [prefill] [m7check] [m7kernel] [m7]
+#   [m6check] [m6] [graphtest] [prefill] [m7check] [m7kernel] [m7] [fastpath] [before] [peer]
 #   (default: m1 m2 m3)
 set -u
 export PYTHONUNBUFFERED=1
@@ -104,6 +104,10 @@ for job in "${jobs[@]}"; do
         --steps 20 --top 12 --out "$OUT/fastpath_after_step_profile.json" || echo "profile FAILED"
     python3 benchmarks/kv_fp8_accuracy.py --milestone m4 --out "$OUT/m4_kv_fp8_accuracy.json" \
         || echo "fp8 accuracy FAILED" ;;
+  peer)  # transformers' own continuous batching (paged SDPA, no flash-attn here) on the same
+          # workload: the issue's peer baseline, in the same call as ours.
+    timeout 420 python3 benchmarks/peer_transformers.py "${M[@]}" \
+        --out "$OUT/peer_transformers_throughput.json" || echo "peer transformers FAILED" ;;
   before)  # the fast path's "before": an earlier snapshot of a milestone carried in .snap/NAME
     for snap in .snap/*; do
       python3 benchmarks/throughput_test.py --milestone "$snap" "${M[@]}" \

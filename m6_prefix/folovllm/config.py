@@ -158,6 +158,9 @@ class EngineConfig:
     # m4: "full" replays CUDA graphs for every step up to the largest captured token count
     # (prefill and mixed steps too); "decode" only for decode-only steps. enforce_eager: none.
     cudagraph_mode: str = "full"
+    # m4: schedule and launch step N+1 while step N runs on the GPU; N's sampled ids reach N+1's
+    # inputs on the device. Same tokens as the synchronous engine (greedy and seeded sampling).
+    async_scheduling: bool = False
     # m4: "fp8" stores K/V as float8 e4m3 (scale 1.0): half the bytes, some accuracy lost.
     kv_cache_dtype: str = "auto"
     # -- later milestones -----------------------------------------------------------------------
@@ -235,6 +238,8 @@ class EngineConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.enforce_eager, bool):
             raise ValueError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
+        if not isinstance(self.async_scheduling, bool):
+            raise ValueError(f"async_scheduling must be a bool, got {self.async_scheduling!r}")
         if self.cudagraph_mode not in CUDAGRAPH_MODES:
             raise ValueError(
                 f"cudagraph_mode must be one of {CUDAGRAPH_MODES}, got {self.cudagraph_mode!r}"

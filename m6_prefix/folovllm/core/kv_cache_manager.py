@@ -86,11 +86,12 @@ class KVCacheManager:
         """Cache the blocks that are full once the first ``num_tokens`` tokens are computed.
 
         This runs when the slots are allocated, before the step writes them: safe because every
-        backend writes the step's K/V before attending and only requests that are not scheduled
-        in a step are preempted. An asynchronous scheduler would have to revisit this."""
+        backend writes the step's K/V before attending, and any later step that hits or reuses
+        the block runs after this one on the GPU's stream (async scheduling too). A block whose
+        last token is still in flight (async: its id is not known yet) is cached a step later."""
         start, end = (
             self.num_cached_blocks.get(request.request_id, 0),
-            num_tokens // self.block_size,
+            min(num_tokens, request.num_tokens) // self.block_size,
         )
         if end > start:
             hashes = update_block_hashes(request, self.block_size)

@@ -2,6 +2,11 @@
 
 m2 hands the choice of what runs in each step to the Scheduler (continuous batching): many requests
 share every step, and a finished one is replaced at the next step.
+
+m4 ``async_scheduling``: each ``step()`` schedules and launches step N+1 first, then waits for
+step N's tokens and applies them, so the host's work overlaps the GPU's. A request that stops on
+EOS or a stop string at N has already been given a row in N+1, whose token is dropped: one
+wasted row per such request. A stop by length is known ahead and costs nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 
 from folovllm.config import EngineConfig, resolve_scheduler_config
 from folovllm.core.kv_cache_manager import KVCacheManager
+from folovllm.core.sched.output import SchedulerOutput
 from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.detokenizer import IncrementalDetokenizer
 from folovllm.metrics.stats import EngineStats
@@ -22,7 +28,7 @@ from folovllm.model_executor.model_loader import (
 from folovllm.outputs import RequestOutput
 from folovllm.request import Request, RequestStatus
 from folovllm.sampling_params import SamplingParams
-from folovllm.worker.model_runner import ModelRunner, ModelRunnerOutput
+from folovllm.worker.model_runner import AsyncModelRunnerOutput, ModelRunner, ModelRunnerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,8 @@ class LLMEngine:
         self.stats = EngineStats()
         self._ids = itertools.count()
         self.last_runner_output: ModelRunnerOutput | None = None
+        self.async_scheduling = config.async_scheduling
+        self.in_flight: tuple[SchedulerOutput, AsyncModelRunnerOutput] | None = None
 
     # -- requests -------------------------------------------------------------------------------
     def add_request(
@@ -126,7 +134,7 @@ class LLMEngine:
         return self._pop_output(req)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self.in_flight is not None
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix (m6); False, and nothing forgotten, while requests run."""
@@ -146,19 +154,47 @@ class LLMEngine:
 
     # -- one step -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one model step; return the outputs of requests that finished in it."""
+        """Run one model step; return the outputs of requests that finished in it (async: of
+        requests that finished in the step before, which ran while this one was prepared)."""
+        if not self.async_scheduling:
+            so = self.scheduler.schedule()
+            # Runs even when nothing is scheduled, so the runner forgets finished requests' state.
+            out = self.runner.execute_model(so)
+            if so.is_empty:
+                return []
+            self.stats.record_step(so, self.scheduler.kv_usage(so))
+            return self._apply(so, out)
+        outputs = []
+        if self.in_flight is not None and any(
+            r.sampling_params.repetition_penalty != 1.0 for r in self.in_flight[0].scheduled
+        ):  # the penalty reads every earlier token on the host: wait for them first
+            outputs, self.in_flight = self._apply(*self.in_flight), None
         so = self.scheduler.schedule()
-        # Runs even when nothing is scheduled, so the runner forgets finished requests' state.
-        out = self.runner.execute_model(so)
-        if so.is_empty:
-            return []
+        launched = self.runner.execute_model_async(so)
+        if not so.is_empty:
+            self.stats.record_step(so, self.scheduler.kv_usage(so))
+            self.scheduler.advance(so)
+        if self.in_flight is not None:
+            outputs += self._apply(*self.in_flight)
+        self.in_flight = None if so.is_empty else (so, launched)
+        return outputs
+
+    def _apply(
+        self, so: SchedulerOutput, out: ModelRunnerOutput | AsyncModelRunnerOutput
+    ) -> list[RequestOutput]:
+        """Apply a step's tokens: stops (token-level and stop strings), finished outputs."""
+        advanced = isinstance(out, AsyncModelRunnerOutput)
+        out = out.get() if advanced else out
         self.last_runner_output = out
-        self.stats.record_step(so, self.scheduler.kv_usage(so))
-        finished = set(self.scheduler.update_from_output(so, out.req_ids, out.sampled_token_ids))
+        finished = set(
+            self.scheduler.update_from_output(so, out.req_ids, out.sampled_token_ids, advanced)
+        )
         outputs = []
         by_id = {r.request_id: r for r in so.scheduled}
         for req_id, token_id in zip(out.req_ids, out.sampled_token_ids):
             req = by_id[req_id]
+            if req.is_finished and req not in finished:
+                continue  # async: it stopped a step earlier (or was aborted); token dropped
             detok = self.detokenizers[req_id]
             # Text is needed now only to find stop strings (no streaming here): the others are
             # decoded once, when they end (m4: detokenizing is off the per-step path).

@@ -8,9 +8,15 @@ rows into one pinned host buffer, and ONE host->device copy moves them into a de
 the same layout. The device buffer never moves, so a CUDA graph can read its inputs from it.
 
 Layout of both buffers (int32), sized for the largest step:
-``input_ids[T] | positions[T] | slot_mapping[T] | query_start_loc[R + 1] | seq_lens[R] | block_table[R, W]``
+``input_ids[T] | positions[T] | slot_mapping[T] | query_start_loc[R + 1] | seq_lens[R] |
+placeholder_dst[R] | placeholder_src[R] | block_table[R, W]``
 with T = max tokens per step, R = max requests per step + 1 (a mixed-step graph always has one
 padding request), W = max blocks per request.
+
+Async scheduling: a request's newest token may still be on the GPU (sampled by the step in
+flight). Its input id is then copied on the device from that step's sampled ids
+(``placeholder_src``) into this step's ``input_ids`` (``placeholder_dst``). The host buffer is
+double: step N+1 is filled while step N's copy may still be queued.
 """
 
 from __future__ import annotations
@@ -49,14 +55,17 @@ class InputBatch:
         # The staging buffer (pinned on CUDA, so the copy is asynchronous) and its device twin.
         t, r, w = self.max_num_tokens, max_num_reqs + 1, self.max_blocks
         sizes = {"input_ids": t, "positions": t, "slot_mapping": t}
-        sizes.update(query_start_loc=r + 1, seq_lens=r, block_table=r * w)
+        sizes.update(query_start_loc=r + 1, seq_lens=r, placeholder_dst=r, placeholder_src=r)
+        sizes.update(block_table=r * w)
         self.offsets, total = {}, 0
         for name, n in sizes.items():
             self.offsets[name], total = (total, total + n), total + n
         pin = device.type == "cuda"
-        self.host = torch.zeros(total, dtype=torch.int32, pin_memory=pin)
-        self.host_np = self.host.numpy()
+        self.hosts = [torch.zeros(total, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        self.copied: list[torch.cuda.Event | None] = [None, None]  # each host buffer's last copy
+        self.buf = 0  # the host buffer of the last prepared step
         self.dev = torch.zeros(total, dtype=torch.int32, device=device)
+        self.num_placeholders = 0  # in the last prepared step
 
     # -- rows -----------------------------------------------------------------------------------
     def remove(self, req_id: str) -> None:
@@ -89,20 +98,25 @@ class InputBatch:
         return row
 
     # -- one step -------------------------------------------------------------------------------
-    def view(self, name: str, n: int | None = None, on_device: bool = True) -> torch.Tensor:
+    def view(self, name: str, n: int | None = None) -> torch.Tensor:
         start, end = self.offsets[name]
-        buf = self.dev if on_device else self.host
-        return buf[start : end if n is None else start + n]
+        return self.dev[start : end if n is None else start + n]
 
     def device_block_table(self, num_reqs: int) -> torch.Tensor:
         return self.view("block_table", num_reqs * self.max_blocks).view(num_reqs, self.max_blocks)
 
     def prepare(
-        self, so: SchedulerOutput, pad_to: int | None = None, pad_tokens_to: int | None = None
+        self,
+        so: SchedulerOutput,
+        pad_to: int | None = None,
+        pad_tokens_to: int | None = None,
+        in_flight: dict[str, int] | None = None,
     ) -> tuple[CommonAttentionMetadata, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fill the step's inputs; pad to ``pad_to`` requests of one token each (a decode graph),
         or to ``pad_tokens_to`` tokens and ``max_num_reqs + 1`` requests (a mixed-step graph:
         the padding tokens belong to the last request, of length 0; those between have none).
+        ``in_flight``: request id -> its row in the sampled ids of the step still running
+        (async); then call ``fill_placeholders`` with those ids before the forward.
 
         Returns (metadata, input_ids, positions, logits_indices) on the device.
         """
@@ -128,7 +142,15 @@ class InputBatch:
             padded_reqs, padded_tokens = self.max_num_reqs + 1, pad_tokens_to
         if padded_tokens > self.max_num_tokens or padded_reqs > self.max_num_reqs + 1:
             raise RuntimeError("step larger than the input buffers")
-        h = self.host_np
+        ph = np.flatnonzero(positions >= self.num_tokens[token_rows])  # ids still on the GPU
+        if len(ph) and in_flight is None:
+            raise RuntimeError("a step's input token is not known and no step is in flight")
+        # Step N's copy out of this buffer was queued two steps ago: long done, but make sure.
+        self.buf ^= 1
+        if (done := self.copied[self.buf]) is not None:
+            done.synchronize()
+        host = self.hosts[self.buf]
+        h = host.numpy()
         o = self.offsets
 
         def put(name: str, values: np.ndarray, fill: int, length: int) -> None:
@@ -147,6 +169,11 @@ class InputBatch:
             h[s + num_reqs + 1 : s + padded_reqs] = num_tokens
             h[s + padded_reqs] = padded_tokens
         put("seq_lens", start + n, 0, padded_reqs)  # length 0: attention writes zeros
+        self.num_placeholders = len(ph)
+        if len(ph):
+            src = [in_flight[reqs[i].request_id] for i in req_of_token[ph]]
+            put("placeholder_dst", ph, 0, len(ph))
+            put("placeholder_src", np.asarray(src), 0, len(ph))
         w = self.max_blocks
         s = o["block_table"][0]
         h[s : s + num_reqs * w] = self.block_table[rows].reshape(-1)
@@ -155,7 +182,10 @@ class InputBatch:
         # One copy: everything up to the end of the block table rows this step uses (a mixed
         # graph's padding requests read no blocks: their rows may hold anything).
         end = s + (padded_reqs if pad_tokens_to is None else num_reqs) * w
-        self.dev[:end].copy_(self.host[:end], non_blocking=True)
+        self.dev[:end].copy_(host[:end], non_blocking=True)
+        if self.device.type == "cuda":
+            self.copied[self.buf] = torch.cuda.Event()
+            self.copied[self.buf].record()
 
         common = CommonAttentionMetadata(
             query_start_loc=self.view("query_start_loc", padded_reqs + 1),
@@ -176,3 +206,9 @@ class InputBatch:
             self.view("positions", padded_tokens),
             logits_indices,
         )
+
+    def fill_placeholders(self, sampled: torch.Tensor) -> None:
+        """Copy the in-flight step's sampled ids into this step's inputs, on the device."""
+        k = self.num_placeholders
+        dst, src = self.view("placeholder_dst", k), self.view("placeholder_src", k)
+        self.view("input_ids")[dst] = sampled[src].to(torch.int32)

@@ -60,6 +60,27 @@ class ModelRunnerOutput:
     logits: torch.Tensor | None = None  # [len(req_ids), vocab], kept only when asked (tests)
 
 
+class AsyncModelRunnerOutput:
+    """A launched step whose sampled ids are on their way to the host (pinned copy + event)."""
+
+    def __init__(
+        self, req_ids: list[str], sampled: torch.Tensor, logits: torch.Tensor | None = None
+    ) -> None:
+        self.req_ids, self.logits = req_ids, logits
+        self._ids, self._ready = sampled, None
+        if sampled.is_cuda:
+            self._ids = torch.empty(sampled.shape, dtype=sampled.dtype, pin_memory=True)
+            self._ids.copy_(sampled, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    def get(self) -> ModelRunnerOutput:
+        """Wait for the step (the engine's one sync per step) and return its tokens."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        return ModelRunnerOutput(self.req_ids, self._ids.tolist(), self.logits)
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -89,6 +110,9 @@ class ModelRunner:
         self.attn_builder = self._make_builder()
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
+        # The last launched step's sampled ids (on the device) and each request's row in them.
+        self.prev_sampled: torch.Tensor | None = None
+        self.prev_rows: dict[str, int] = {}
         # Without paging, one block is a whole max_model_len row: m2's reservation, for comparison.
         self.block_size = (
             cache_config.block_size if cache_config.enable_paged_kv else self.max_model_len
@@ -324,7 +348,12 @@ class ModelRunner:
             bucket = self.graph_runner.bucket(num_reqs)  # a decode-shaped step (1 token each)
         if bucket is None and self.mixed_graph_runner is not None:
             tokens = self.mixed_graph_runner.bucket(so.total_num_scheduled_tokens)
-        common, input_ids, positions, logits_indices = self.input_batch.prepare(so, bucket, tokens)
+        ib = self.input_batch
+        common, input_ids, positions, logits_indices = ib.prepare(
+            so, bucket, tokens, self.prev_rows
+        )
+        if ib.num_placeholders:  # async: tokens sampled by the previous step, still on the GPU
+            ib.fill_placeholders(self.prev_sampled)
         if bucket is not None:
             hidden = self.graph_runner.replay(bucket)
         elif tokens is not None:
@@ -334,15 +363,22 @@ class ModelRunner:
                 hidden = self.model(input_ids, positions)
         return hidden[logits_indices]
 
-    @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        """Run one step and wait for its tokens."""
+        return self.execute_model_async(so).get()
+
+    @torch.inference_mode()
+    def execute_model_async(self, so: SchedulerOutput) -> AsyncModelRunnerOutput:
+        """Launch one step; its tokens are fetched with ``.get()`` (async scheduling runs the
+        host's next step in between). Nothing here waits for the GPU."""
         for req_id in so.finished_req_ids:
             self.generators.pop(req_id, None)
             self.input_batch.remove(req_id)
         for req_id in so.preempted_req_ids:
             self.input_batch.remove(req_id)  # its blocks are gone; it comes back as a new row
+        none = AsyncModelRunnerOutput([], torch.zeros(0, dtype=torch.long))
         if so.is_empty:
-            return ModelRunnerOutput([], [])
+            return none
         hidden, reqs = self._forward(so), so.scheduled
         # m5: a row whose prompt is still being chunked yields no token (vLLM's discard mask): it
         # is not sampled, so its seeded RNG does not advance and no stop check sees it.
@@ -353,7 +389,7 @@ class ModelRunner:
         ]
         if len(done) < len(reqs):
             if not done:
-                return ModelRunnerOutput([], [])
+                return none
             idx = torch.tensor(done)
             if self.device.type == "cuda":  # pinned: a pageable copy would wait for the forward
                 idx = idx.pin_memory().to(self.device, non_blocking=True)
@@ -362,9 +398,10 @@ class ModelRunner:
         md = SamplingMetadata.from_requests(
             reqs, logits.shape[-1], self.device, self._generators(reqs)
         )
-        sampled = self.sampler(logits, md).tolist()  # the step's one device->host sync
-        return ModelRunnerOutput(
-            [r.request_id for r in reqs], sampled, logits.float() if self.keep_logits else None
+        self.prev_sampled = self.sampler(logits, md)
+        self.prev_rows = {r.request_id: i for i, r in enumerate(reqs)}
+        return AsyncModelRunnerOutput(
+            list(self.prev_rows), self.prev_sampled, logits.float() if self.keep_logits else None
         )
 
     def _generators(self, requests: list[Request]) -> dict[str, torch.Generator]:

@@ -7,6 +7,11 @@ and token budget remain. A request that finishes leaves at once and its blocks g
 When a running request needs a block and none is free, the newest running request is preempted:
 its blocks are freed and it returns to the front of the waiting queue, to be recomputed later
 (vLLM's recompute preemption). Its tokens so far are kept, so its output does not change.
+
+m4 async scheduling: the engine schedules step N+1 while step N is still on the GPU. ``advance``
+counts N's work as done at launch and gives each request that samples in N a placeholder for the
+token it will get; N+1 computes that token (its id reaches the inputs on the device). A request
+whose in-flight token is its last by length is not scheduled again (no wasted step).
 """
 
 from __future__ import annotations
@@ -55,7 +60,10 @@ class Scheduler:
         i = 0
         while i < len(self.running):
             req = self.running[i]
-            n = req.num_tokens - req.num_computed_tokens
+            if self._last_token_in_flight(req):
+                i += 1
+                continue
+            n = self._num_new_tokens(req)
             while self.kv_cache_manager.allocate_slots(req, n) is None:
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -71,7 +79,7 @@ class Scheduler:
         #    Not after a preemption: the freed blocks would be taken back at once (thrashing).
         while self.waiting and len(self.running) < self.max_num_seqs and not preempted:
             req = self.waiting[0]
-            n = req.num_tokens - req.num_computed_tokens
+            n = self._num_new_tokens(req)
             if n > budget:
                 break  # no chunked prefill yet (m5): the whole prompt must fit in this step
             if self.kv_cache_manager.allocate_slots(req, n) is None:
@@ -89,6 +97,26 @@ class Scheduler:
         }
         return SchedulerOutput(scheduled, num_tokens, tables, finished, preempted_ids)
 
+    @staticmethod
+    def _num_new_tokens(req: Request) -> int:
+        return req.num_tokens + req.num_output_placeholders - req.num_computed_tokens
+
+    def _last_token_in_flight(self, req: Request) -> bool:
+        """Async: the token still on the GPU reaches max_tokens or max_model_len (it ends then)."""
+        ph = req.num_output_placeholders
+        return ph > 0 and (
+            req.num_output_tokens + ph >= req.sampling_params.max_tokens
+            or req.num_tokens + ph >= self.max_model_len
+        )
+
+    def advance(self, so: SchedulerOutput) -> None:
+        """Async: count the launched step as computed; each request whose step samples a token
+        holds a placeholder for it until ``update_from_output(..., advanced=True)``."""
+        for req in so.scheduled:
+            req.num_computed_tokens += so.num_scheduled_tokens[req.request_id]
+            if req.num_computed_tokens == req.num_tokens + req.num_output_placeholders:
+                req.num_output_placeholders += 1
+
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
         self.kv_cache_manager.free(req)
@@ -99,14 +127,26 @@ class Scheduler:
         self.num_preemptions += 1
 
     def update_from_output(
-        self, so: SchedulerOutput, req_ids: list[str], sampled_token_ids: list[int]
+        self,
+        so: SchedulerOutput,
+        req_ids: list[str],
+        sampled_token_ids: list[int],
+        advanced: bool = False,
     ) -> list[Request]:
-        """Apply the sampled tokens; retire requests that hit a token-level stop."""
+        """Apply the sampled tokens; retire requests that hit a token-level stop.
+
+        ``advanced``: ``so`` went through ``advance`` (async); a request that finished since it
+        was launched (a stop one step earlier, an abort) drops its token."""
         by_id = {r.request_id: r for r in so.scheduled}
         finished = []
         for req_id, token_id in zip(req_ids, sampled_token_ids):
             req = by_id[req_id]
-            req.num_computed_tokens += so.num_scheduled_tokens[req_id]
+            if not advanced:
+                req.num_computed_tokens += so.num_scheduled_tokens[req_id]
+            elif req.is_finished:
+                continue
+            else:
+                req.num_output_placeholders -= 1
             req.append_output_token(token_id)
             status = check_stop(req, self.max_model_len)
             if status is not None:
@@ -117,15 +157,15 @@ class Scheduler:
     def finish_requests(self, requests: Iterable[Request], status: RequestStatus) -> None:
         """End requests from outside the step (abort, stop strings)."""
         for req in requests:
-            if req.is_finished:
-                continue
-            if req in self.waiting:
-                self.waiting.remove(req)
-            self._free(req, status)
+            if not req.is_finished:
+                self._free(req, status)
 
     def _free(self, req: Request, status: RequestStatus) -> None:
+        was_waiting = req.status is not RequestStatus.RUNNING
         req.transition(status)
-        if req in self.running:
+        if was_waiting:  # waiting, or preempted before its in-flight token arrived (async)
+            self.waiting.remove(req)
+        else:
             self.running.remove(req)
         self.kv_cache_manager.free(req)
         self.finished_req_ids.add(req.request_id)

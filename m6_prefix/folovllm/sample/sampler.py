@@ -4,6 +4,12 @@ Order (as transformers' logits processors): repetition penalty, then temperature
 Greedy rows (temperature 0) take the argmax. Random rows sample with the exponential race
 ``argmax(p / E)``, E ~ Exp(1), which draws from p exactly and lets each seeded request use its own
 generator without a Python loop over the vocabulary.
+
+On CUDA, a batch that needs only temperatures (no top-k/top-p/penalty, no seeded request) runs
+one Triton kernel instead (``ops.sample``): ``log(p / E) = logits / T - log E - log Z`` and the
+normaliser Z is the same for the whole row, so ``argmax(p / E) = argmax(logits / T - log E)``
+(the Gumbel-max trick): no softmax, the logits read once instead of ~8 float32 passes. Its noise
+comes from Philox, not from torch's generators, so seeded requests keep the torch path.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from folovllm.model_executor.layers import fused
 from folovllm.request import Request
+from folovllm.sample import ops
 
 
 @dataclass
@@ -98,6 +106,14 @@ def apply_top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
         """logits: [B, vocab] -> token ids [B]."""
+        if (
+            fused.use_fused(logits)  # one Triton kernel (m4)
+            and md.top_k is None
+            and md.top_p is None
+            and md.repetition_penalty is None
+            and not md.generators
+        ):
+            return ops.sample(logits, md.temperature)
         logits = logits.float()
         if md.repetition_penalty is not None:
             logits = apply_repetition_penalty(logits, md.repetition_penalty, md.seen_token_ids)

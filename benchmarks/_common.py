@@ -44,6 +44,11 @@ def add_engine_args(ap) -> None:
     ap.add_argument("--block-size", type=int, default=None, help="m3+: KV block size")
     ap.add_argument("--kv-cache-dtype", default=None, help="m4+: auto | fp8")
     ap.add_argument("--cudagraph-mode", default=None, help="m4+: full | decode")
+    ap.add_argument(
+        "--async-scheduling",
+        action="store_true",
+        help="m4+: overlap the host's step N+1 with step N",
+    )
 
 
 def engine_options(args) -> dict[str, Any]:
@@ -59,6 +64,8 @@ def engine_options(args) -> dict[str, Any]:
         opts["kv_cache_dtype"] = args.kv_cache_dtype
     if getattr(args, "cudagraph_mode", None):
         opts["cudagraph_mode"] = args.cudagraph_mode
+    if getattr(args, "async_scheduling", False):
+        opts["async_scheduling"] = True
     return opts
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call (see the device tool's README): checks, then times, every variant; JSON under $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu_session.sh [m1] [m2] [m3] [m4check] [m4] [m5check] [m5]
-#   [m6check] [m6] [graphtest] [prefill] [m7check] [m7kernel] [m7] [fastpath] [before] [peer]
+#   [m6check] [m6] [graphtest] [prefill] [m7check] [m7kernel] [m7] [fastpath] [before] [fast] [peer]
 #   (default: m1 m2 m3)
 set -u
 export PYTHONUNBUFFERED=1
@@ -31,8 +31,12 @@ for job in "${jobs[@]}"; do
         || echo "m3 full workload FAILED" ;;
   m4check)  # correctness first: the GPU test set, greedy tokens vs transformers per backend.
     (cd m4_flash && PYTHONPATH=. python3 -m pytest tests/test_gpu.py tests/test_fused.py \
-        tests/test_kernels.py -q -p no:cacheprovider > "$OUT/m4_gpu_tests.log" 2>&1; rc=$?; \
-        tail -n 5 "$OUT/m4_gpu_tests.log"; exit $rc) || echo "m4 GPU tests FAILED"
+        tests/test_kernels.py tests/test_sample_kernel.py -q -p no:cacheprovider \
+        > "$OUT/m4_gpu_tests.log" 2>&1; rc=$?; \
+        PYTHONPATH=. python3 -m pytest tests/test_async.py -m gpu -q -p no:cacheprovider \
+        >> "$OUT/m4_gpu_tests.log" 2>&1 || rc=1; \
+        grep -E "passed|failed|Error" "$OUT/m4_gpu_tests.log" | tail -n 8; exit $rc) \
+        || echo "m4 GPU tests FAILED"
     for opt in "--dtype float32" "--dtype bfloat16" "--dtype float32 --enforce-eager"; do
       python3 benchmarks/gpu_check.py --milestone m4 --attention-backend triton $opt \
           || echo "gpu_check m4 $opt: mismatch beyond near-ties"
@@ -104,6 +108,20 @@ for job in "${jobs[@]}"; do
         --steps 20 --top 12 --out "$OUT/fastpath_after_step_profile.json" || echo "profile FAILED"
     python3 benchmarks/kv_fp8_accuracy.py --milestone m4 --out "$OUT/m4_kv_fp8_accuracy.json" \
         || echo "fp8 accuracy FAILED" ;;
+  fast)  # issue 10: the m4 snapshot of the session's start (.snap/m4_*) vs m4 now, synchronous and
+         # with async scheduling: the nano-vllm workload, batch-1 latency, a step timeline at 256.
+    B=$(ls -d .snap/m4_* | head -n 1)
+    L=(--input-len 128 --output-len 256 --num-iters 3)
+    for v in "before:$B:" "sync:m4:" "async:m4:--async-scheduling"; do
+      IFS=: read -r name ms flag <<< "$v"
+      python3 benchmarks/throughput_test.py --milestone "$ms" "${M[@]}" $flag \
+          --out "$OUT/fast_${name}_throughput.json" 2>&1 | tail -n 8
+      python3 benchmarks/latency_test.py --milestone "$ms" "${M[@]}" "${L[@]}" $flag \
+          --out "$OUT/fast_${name}_latency.json" 2>&1 | tail -n 4
+      python3 benchmarks/step_profile.py --milestone "$ms" "${M[@]}" --batch 256 --context 512 \
+          --steps 20 --top 8 $flag --out "$OUT/fast_${name}_step_profile.json" 2>&1 \
+          | grep -E "^m4|timeline|host ms" || echo "$name profile FAILED"
+    done ;;
   peer)  # transformers' own continuous batching (paged SDPA, no flash-attn here) on the same
           # workload: the issue's peer baseline, in the same call as ours.
     timeout 420 python3 benchmarks/peer_transformers.py "${M[@]}" \

@@ -46,8 +46,9 @@ def add_engine_args(ap) -> None:
     ap.add_argument("--cudagraph-mode", default=None, help="m4+: full | decode")
     ap.add_argument(
         "--async-scheduling",
-        action="store_true",
-        help="m4+: overlap the host's step N+1 with step N",
+        choices=("on", "off"),
+        default=None,
+        help="m4+: overlap the host's step N+1 with step N (default: on for CUDA)",
     )
 
 
@@ -64,8 +65,8 @@ def engine_options(args) -> dict[str, Any]:
         opts["kv_cache_dtype"] = args.kv_cache_dtype
     if getattr(args, "cudagraph_mode", None):
         opts["cudagraph_mode"] = args.cudagraph_mode
-    if getattr(args, "async_scheduling", False):
-        opts["async_scheduling"] = True
+    if getattr(args, "async_scheduling", None):
+        opts["async_scheduling"] = args.async_scheduling == "on"
     return opts
 
 

@@ -112,7 +112,7 @@ for job in "${jobs[@]}"; do
          # with async scheduling: the nano-vllm workload, batch-1 latency, a step timeline at 256.
     B=$(ls -d .snap/m4_* | head -n 1)
     L=(--input-len 128 --output-len 256 --num-iters 3)
-    for v in "before:$B:" "sync:m4:" "async:m4:--async-scheduling"; do
+    for v in "before:$B:" "sync:m4:--async-scheduling=off" "async:m4:--async-scheduling=on"; do
       IFS=: read -r name ms flag <<< "$v"
       python3 benchmarks/throughput_test.py --milestone "$ms" "${M[@]}" $flag \
           --out "$OUT/fast_${name}_throughput.json" 2>&1 | tail -n 8

@@ -158,7 +158,8 @@ class EngineConfig:
     cudagraph_mode: str = "full"
     # m4: schedule and launch step N+1 while step N runs on the GPU; N's sampled ids reach N+1's
     # inputs on the device. Same tokens as the synchronous engine (greedy and seeded sampling).
-    async_scheduling: bool = False
+    # None: on for CUDA (where the host's work can hide behind the GPU's), off on a CPU.
+    async_scheduling: bool | None = None
     # m4: "fp8" stores K/V as float8 e4m3 (scale 1.0): half the bytes, some accuracy lost.
     kv_cache_dtype: str = "auto"
     # -- later milestones -----------------------------------------------------------------------
@@ -235,8 +236,10 @@ class EngineConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.enforce_eager, bool):
             raise ValueError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
-        if not isinstance(self.async_scheduling, bool):
-            raise ValueError(f"async_scheduling must be a bool, got {self.async_scheduling!r}")
+        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
+            raise ValueError(
+                f"async_scheduling must be a bool or None (on for CUDA), got {self.async_scheduling!r}"
+            )
         if self.cudagraph_mode not in CUDAGRAPH_MODES:
             raise ValueError(
                 f"cudagraph_mode must be one of {CUDAGRAPH_MODES}, got {self.cudagraph_mode!r}"

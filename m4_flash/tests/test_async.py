@@ -133,3 +133,9 @@ def test_async_with_cuda_graphs_float32(tiny_model, params):
     assert engine.runner.graph_runner.num_replays > 0 and fills > 0
     assert summary(async_) == summary(sync)
     torch.cuda.synchronize()
+
+
+def test_async_scheduling_option(tiny_qwen3):
+    with pytest.raises(ValueError, match="async_scheduling must be a bool or None"):
+        EngineConfig(async_scheduling="yes")
+    assert make(tiny_qwen3, None).async_scheduling is False  # default: on only for CUDA

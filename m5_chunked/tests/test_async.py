@@ -144,3 +144,9 @@ def test_async_with_chunked_prefill(tiny_model, params):
     async_, fills = run(engine, params)
     assert max(s.num_tokens for s in engine.stats.steps) <= 16 and fills > 0
     assert summary(async_) == summary(sync)
+
+
+def test_async_scheduling_option(tiny_qwen3):
+    with pytest.raises(ValueError, match="async_scheduling must be a bool or None"):
+        EngineConfig(async_scheduling="yes")
+    assert make(tiny_qwen3, None).async_scheduling is False  # default: on only for CUDA

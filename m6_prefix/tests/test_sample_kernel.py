@@ -97,15 +97,15 @@ def test_sampler_uses_the_kernel_only_when_it_suffices(monkeypatch):
     real = ops.sample
     monkeypatch.setattr(fused, "use_fused", lambda x: True)
     monkeypatch.setattr(ops, "sample", lambda *a: calls.append(1) or real(*a, block=4))
-    logits = torch.tensor([[0.1, 0.9, 0.0], [2.0, 0.0, 0.0]])
-    temp = torch.tensor([0.0, 1.0])
+    logits = torch.tensor([[0.1, 0.9, 0.0], [2.0, 0.0, 0.0]], device=DEVICE)
+    temp = torch.tensor([0.0, 1.0], device=DEVICE)
     plain = SamplingMetadata(temp, None, None, None, None)
     assert Sampler()(logits, plain)[0].item() == 1 and len(calls) == 1
-    gens = {1: torch.Generator().manual_seed(0)}
+    gens = {1: torch.Generator(device=DEVICE).manual_seed(0)}
     others = [
-        SamplingMetadata(temp, torch.tensor([3, 1]), None, None, None),
-        SamplingMetadata(temp, None, torch.tensor([1.0, 0.5]), None, None),
-        SamplingMetadata(temp, None, None, torch.tensor([1.0, 1.2]), [[0], [1]]),
+        SamplingMetadata(temp, torch.tensor([3, 1], device=DEVICE), None, None, None),
+        SamplingMetadata(temp, None, torch.tensor([1.0, 0.5], device=DEVICE), None, None),
+        SamplingMetadata(temp, None, None, torch.tensor([1.0, 1.2], device=DEVICE), [[0], [1]]),
         SamplingMetadata(temp, None, None, None, None, gens),
     ]
     for md in others:

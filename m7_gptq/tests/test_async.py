@@ -158,3 +158,9 @@ def test_async_with_prefix_caching(tiny_model, params):
     async_again, _ = run(engine, params, prompts=shared)  # decoded blocks cached too
     assert engine.kv_cache_manager.prefix_cache_hits > 0 and fills > 0
     assert summary(async_) == summary(sync) == summary(async_again)
+
+
+def test_async_scheduling_option(tiny_qwen3):
+    with pytest.raises(ValueError, match="async_scheduling must be a bool or None"):
+        EngineConfig(async_scheduling="yes")
+    assert make(tiny_qwen3, None).async_scheduling is False  # default: on only for CUDA

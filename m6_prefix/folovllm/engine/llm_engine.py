@@ -68,6 +68,8 @@ class LLMEngine:
         self._ids = itertools.count()
         self.last_runner_output: ModelRunnerOutput | None = None
         self.async_scheduling = config.async_scheduling
+        if self.async_scheduling is None:  # default: overlap where there is a GPU to overlap with
+            self.async_scheduling = self.runner.device.type == "cuda"
         self.in_flight: tuple[SchedulerOutput, AsyncModelRunnerOutput] | None = None
 
     # -- requests -------------------------------------------------------------------------------

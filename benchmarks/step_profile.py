@@ -28,6 +28,9 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--context", type=int, default=64, help="prompt tokens per request")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--kernels", action="store_true", help="CUDA: GPU time per kernel (torch.profiler)"
+    )
     add_engine_args(ap)
     args = ap.parse_args()
 
@@ -67,6 +70,8 @@ def main() -> None:
             torch.cuda.synchronize()
 
     timeline = gpu_timeline(engine, args.steps) if torch.cuda.is_available() else {}
+    if args.kernels and torch.cuda.is_available():
+        timeline["kernels"] = kernel_profile(engine, args.steps, args.top)
     t0 = time.perf_counter()
     steps()
     per_step = (time.perf_counter() - t0) / args.steps
@@ -86,6 +91,50 @@ def main() -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
     write_json(args.out, {"milestone": fv.MILESTONE, "batch": args.batch, "context": args.context,
                           "ms_per_step": per_step * 1e3, **timeline})  # fmt: skip
+
+
+def kernel_profile(engine, num_steps: int, top: int) -> dict:
+    """GPU kernels of ``num_steps`` decode steps (torch.profiler / CUPTI sees the kernels a CUDA
+    graph replays): kernels per step, their summed device time per step, and the ``top`` kernels
+    by time. Shows whether a step is bound by bytes (few long kernels) or by count (many short)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(num_steps):
+            engine.step()
+        torch.cuda.synchronize()
+    kernels = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and "memcpy" not in e.name.lower():
+            k = kernels.setdefault(e.name, [0, 0.0])
+            k[0] += 1
+            k[1] += e.time_range.elapsed_us()
+    rows = sorted(kernels.items(), key=lambda kv: -kv[1][1])
+    total_us = sum(t for _, t in kernels.values())
+    result = {
+        "kernels_per_step": sum(c for c, _ in kernels.values()) / num_steps,
+        "kernel_ms_per_step": total_us / num_steps / 1e3,
+        "top": [
+            {
+                "name": name[:120],
+                "per_step": c / num_steps,
+                "us_per_step": t / num_steps,
+                "us_each": t / c,
+            }
+            for name, (c, t) in rows[:top]
+        ],  # fmt: skip
+    }
+    print(
+        f"kernels: {result['kernels_per_step']:.0f} per step, "
+        f"{result['kernel_ms_per_step']:.3f} ms of kernel time per step"
+    )
+    for r in result["top"]:
+        print(
+            f"  {r['us_per_step']:8.1f} us/step {r['per_step']:6.1f} x {r['us_each']:6.2f} us  {r['name'][:90]}"
+        )
+    return result
 
 
 def gpu_timeline(engine, num_steps: int) -> dict:

@@ -177,3 +177,44 @@ def test_qk_norm_rope_bf16_qwen3_shape(tokens):
     q, k = fused.qk_norm_rope(qkv, positions, *args)
     torch.testing.assert_close(q, ref_q, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(k, ref_k, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_matches_f_linear(dtype, rows, bias):
+    """The decode-size linear kernel equals F.linear (fp32: summation order only); output
+    sizes that are not a multiple of the row block and K not a multiple of 256 are masked."""
+    g = torch.Generator().manual_seed(rows)
+    n, k = 70, 300
+    w = torch.randn(n, k, generator=g).to(DEVICE, dtype)
+    b = torch.randn(n, generator=g).to(DEVICE, dtype) if bias else None
+    x = torch.randn(rows, k, generator=g).to(DEVICE, dtype)
+    ref = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
+    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(fused.gemv(x, w, b).float(), ref, atol=tol, rtol=tol)
+
+
+def test_linear_layer_uses_gemv_for_few_rows(monkeypatch):
+    from folovllm.model_executor.layers.linear import Linear
+
+    layer = Linear(300, 70).to(DEVICE)
+    with torch.no_grad():
+        layer.weight.normal_()
+    calls = []
+    monkeypatch.setattr(fused, "use_fused", lambda x: True)
+    monkeypatch.setattr(fused, "gemv", lambda *a: calls.append(a[0].shape[0]) or a[0] @ a[1].T)
+    layer(torch.randn(4, 300, device=DEVICE))
+    layer(torch.randn(5, 300, device=DEVICE))  # above GEMV_MAX_ROWS: F.linear
+    assert calls == [4]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 2, 4])
+def test_gemv_bf16_real_shapes(rows):
+    """Qwen3-0.6B's decode linears (qkv, o, gate_up, down) in bf16 on the GPU."""
+    for n, k in [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072)]:
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+        ref = torch.nn.functional.linear(x.float(), w.float())
+        torch.testing.assert_close(fused.gemv(x, w).float(), ref, atol=2e-2, rtol=2e-2)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from folovllm.model_executor.layers import fused
+
 
 class Linear(nn.Module):
     """y = x W^T (+ b). Shards: none; the checkpoint tensor must match exactly."""
@@ -36,6 +38,8 @@ class Linear(nn.Module):
         target.copy_(loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused.use_fused(x) and x.shape[0] <= fused.GEMV_MAX_ROWS:  # m4: decode of a few rows
+            return fused.gemv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from folovllm.model_executor.layers import fused
+
 
 class Linear(nn.Module):
     """y = x W^T (+ b). Shards: none; the checkpoint tensor must match exactly."""
@@ -66,6 +68,8 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_method is not None:
             return self.quant_method.apply(self, x, self.bias)
+        if fused.use_fused(x) and x.shape[0] <= fused.GEMV_MAX_ROWS:  # m4: decode of a few rows
+            return fused.gemv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 

@@ -196,17 +196,16 @@ def test_gemv_matches_f_linear(dtype, rows, bias):
 
 
 def test_linear_layer_uses_gemv_for_few_rows(monkeypatch):
+    """One row: always; 2-4 rows: only for weights no wider than deep (n <= k)."""
     from folovllm.model_executor.layers.linear import Linear
 
-    layer = Linear(300, 70).to(DEVICE)
-    with torch.no_grad():
-        layer.weight.normal_()
+    narrow, wide = Linear(300, 70).to(DEVICE), Linear(70, 300).to(DEVICE)
     calls = []
     monkeypatch.setattr(fused, "use_fused", lambda x: True)
-    monkeypatch.setattr(fused, "gemv", lambda *a: calls.append(a[0].shape[0]) or a[0] @ a[1].T)
-    layer(torch.randn(4, 300, device=DEVICE))
-    layer(torch.randn(5, 300, device=DEVICE))  # above GEMV_MAX_ROWS: F.linear
-    assert calls == [4]
+    monkeypatch.setattr(fused, "gemv", lambda x, w, b: calls.append((x.shape[0], w.shape[0])))
+    for layer, rows in [(narrow, 1), (narrow, 4), (narrow, 5), (wide, 1), (wide, 2)]:
+        layer(torch.zeros(rows, layer.input_size, device=DEVICE))
+    assert calls == [(1, 70), (4, 70), (1, 300)]  # 5 rows and wide at 2 rows: F.linear
 
 
 @pytest.mark.gpu

@@ -265,26 +265,47 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], d)
 
 
-GEMV_MAX_ROWS = 4  # up to here a linear layer streams its weight once through gemv()
+GEMV_MAX_ROWS = 4
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def use_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """gemv() instead of cuBLAS for ``x`` [rows, k] @ ``weight`` [n, k]^T? At one row always; at 2-4
+    rows only when n <= k (o_proj, down_proj): there cuBLAS's small-M kernels read the weight at a
+    fraction of the bandwidth, while on wide outputs (qkv, gate_up) it is faster from 2 rows up
+    (benchmarks/gemv_bench.py --sweep, one H200, weights not in L2)."""
+    rows = x.shape[0]
+    narrow = rows <= GEMV_MAX_ROWS and weight.shape[0] <= weight.shape[1]
+    return use_fused(x) and (rows == 1 or narrow)
+
+
+def gemv_config(n: int, k: int, m: int = 1) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps): a few whole rows per program, 1,024 columns per load, two
+    warps (the sweep's best or within 5% of it on Qwen3-0.6B's four projections)."""
+    return (1 if m == 1 and n <= 2048 else 2), 1024, 2
+
+
+def gemv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    config: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
     """``F.linear`` for a few rows (decode at batch <= 4): bound by reading the weight once.
 
-    cuBLAS picks small-tile GEMM kernels for M = 1 that reach about a quarter of the memory
-    bandwidth on Qwen3-0.6B's layers; here each program reads BLOCK_N whole weight rows with wide
+    cuBLAS picks small-tile GEMM kernels for M = 1 that read narrow weights (o_proj, down_proj) at
+    8-20% of the copy bandwidth; here each program reads BLOCK_N whole weight rows with wide
     contiguous loads and accumulates in float32 (rounded once, as F.linear does)."""
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     (m, k), n = x2.shape, weight.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    block_n = max(4, min(32, triton.next_power_of_2(max(1, n // 512))))
+    block_n, block_k, warps = config or gemv_config(n, k, m)
     if m:
         _gemv_kernel[(triton.cdiv(n, block_n),)](
             x2, weight, bias if bias is not None else weight, y, m, n, k,
             x2.stride(0), weight.stride(0), y.stride(0),
             HAS_BIAS=bias is not None, BLOCK_M=triton.next_power_of_2(max(m, 1)),
-            BLOCK_N=block_n, BLOCK_K=256,
+            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
         )  # fmt: skip
     return y.view(*x.shape[:-1], n)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call (see the device tool's README): checks, then times, every variant; JSON under $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu_session.sh [m1] [m2] [m3] [m4check] [m4] [m5check] [m5]
-#   [m6check] [m6] [graphtest] [prefill] [m7check] [m7kernel] [m7] [fastpath] [before] [fast] [peer]
+#   [m6check] [m6] [graphtest] [prefill] [m7check] [m7kernel] [m7] [fastpath] [before] [fast] [final] [peer]
 #   (default: m1 m2 m3)
 set -u
 export PYTHONUNBUFFERED=1
@@ -122,6 +122,32 @@ for job in "${jobs[@]}"; do
           --steps 20 --top 8 $flag --out "$OUT/fast_${name}_step_profile.json" 2>&1 \
           | grep -E "^m4|timeline|host ms" || echo "$name profile FAILED"
     done ;;
+  final)  # issue 10's closing call: the m7 GPU set, greedy vs transformers, then in one call the
+          # m4 snapshot of the session's start vs m4 and m7 now (async scheduling, the default on
+          # CUDA), a batch-1 kernel profile, and transformers' continuous batching beside m7 on a
+          # 64-request slice of the workload.
+    (cd m7_gptq && PYTHONPATH=. python3 -m pytest tests -m gpu -q -p no:cacheprovider \
+        > "$OUT/m7_gpu_tests.log" 2>&1; tail -n 3 "$OUT/m7_gpu_tests.log") || echo "m7 GPU tests FAILED"
+    python3 benchmarks/gpu_check.py --milestone m7 --attention-backend triton --dtype float32 \
+        || echo "gpu_check m7 float32: mismatch"
+    B=$(ls -d .snap/m4_* | head -n 1)
+    L=(--input-len 128 --output-len 256 --num-iters 3)
+    for v in "before:$B" "m4:m4" "m7:m7"; do
+      IFS=: read -r name ms <<< "$v"
+      python3 benchmarks/throughput_test.py --milestone "$ms" "${M[@]}" \
+          --out "$OUT/final_${name}_throughput.json" 2>&1 | grep -E "tok/s|floor" | head -n 3
+      python3 benchmarks/latency_test.py --milestone "$ms" "${M[@]}" "${L[@]}" \
+          --out "$OUT/final_${name}_latency.json" 2>&1 | tail -n 2 | head -n 1
+    done
+    python3 benchmarks/step_profile.py --milestone m7 "${M[@]}" --batch 1 --context 256 --steps 30 \
+        --top 12 --kernels --out "$OUT/final_m7_kernels_b1.json" 2>&1 | grep -E "timeline|kernels:"
+    python3 benchmarks/step_profile.py --milestone m7 "${M[@]}" --batch 256 --context 512 --steps 20 \
+        --top 12 --out "$OUT/final_m7_step_profile.json" 2>&1 | grep -E "timeline|host ms"
+    S=(--num-seqs 64)
+    python3 benchmarks/throughput_test.py --milestone m7 "${M[@]}" "${S[@]}" \
+        --out "$OUT/final_m7_64_throughput.json" 2>&1 | grep -E "tok/s" | head -n 1
+    timeout 240 python3 benchmarks/peer_transformers.py "${M[@]}" "${S[@]}" \
+        --out "$OUT/final_peer_64_throughput.json" 2>&1 | tail -n 4 || echo "peer FAILED" ;;
   peer)  # transformers' own continuous batching (paged SDPA, no flash-attn here) on the same
           # workload: the issue's peer baseline, in the same call as ours.
     timeout 420 python3 benchmarks/peer_transformers.py "${M[@]}" \

@@ -24,7 +24,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import ROOT, add_floor_args, device_info, peak_memory_bytes, write_json  # noqa: E402
-from throughput_test import make_workload  # noqa: E402
+from throughput_test import add_workload_args, make_workload  # noqa: E402
 
 ATTN_CHOICES = ("auto", "sdpa", "paged|sdpa", "eager", "paged|eager")
 
@@ -199,16 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dummy-weights", action="store_true", help="random weights from config.json")
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--num-seqs", type=int, default=256)
-    ap.add_argument("--min-input-len", type=int, default=100)
-    ap.add_argument("--max-input-len", type=int, default=1024)
-    ap.add_argument("--min-output-len", type=int, default=100)
-    ap.add_argument("--max-output-len", type=int, default=1024)
-    ap.add_argument(
-        "--vocab-cap", type=int, default=10_000, help="prompt token ids drawn from [0, cap]"
-    )
+    add_workload_args(ap)
     ap.add_argument("--temperature", type=float, default=0.6)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--attn-implementation", default="auto", choices=ATTN_CHOICES,
         help="auto: SDPA over the paged cache ('paged|sdpa' on 5.17, 'sdpa' on 5.24)",

@@ -45,17 +45,9 @@ def make_workload(args) -> tuple[list[list[int]], list[int]]:
     return prompts, max_tokens
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--milestone", default="m2")
-    ap.add_argument("--model", default="Qwen/Qwen3-0.6B")
-    ap.add_argument("--dummy-weights", action="store_true")
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--device", default="auto")
+def add_workload_args(ap) -> None:
+    """The workload's shape (nano-vllm's defaults); --num-seqs and the lengths scale it down."""
     ap.add_argument("--num-seqs", type=int, default=256)
-    ap.add_argument(
-        "--batch-size", type=int, default=None, help="max_batch_size (max_num_seqs); m2+"
-    )
     ap.add_argument("--min-input-len", type=int, default=100)
     ap.add_argument("--max-input-len", type=int, default=1024)
     ap.add_argument("--min-output-len", type=int, default=100)
@@ -63,12 +55,25 @@ def main() -> None:
     ap.add_argument(
         "--vocab-cap", type=int, default=10_000, help="prompt token ids drawn from [0, cap]"
     )
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--milestone", default="m2")
+    ap.add_argument("--model", default="Qwen/Qwen3-0.6B")
+    ap.add_argument("--dummy-weights", action="store_true")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--device", default="auto")
+    add_workload_args(ap)
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="max_batch_size (max_num_seqs); m2+"
+    )
     ap.add_argument(
         "--max-model-len", type=int, default=None, help="default: longest prompt + output"
     )
     ap.add_argument("--kv-cache-memory-gb", type=float, default=None)
     ap.add_argument("--temperature", type=float, default=0.6)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     add_engine_args(ap)
     add_floor_args(ap)

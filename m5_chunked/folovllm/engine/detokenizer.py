@@ -34,9 +34,16 @@ class IncrementalDetokenizer:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def catch_up(self, output_token_ids: list[int]) -> None:
-        """Decode the output tokens not seen yet (m4: a request without stop strings needs its
-        text only when it ends, so the engine skips ``update`` on the per-step path)."""
-        for token_id in output_token_ids[self.num_output_tokens :]:
+        """Take the output tokens not seen yet (m4: a request without stop strings needs its
+        text only when it ends, so the engine skips ``update`` on the per-step path). Without
+        stop strings nothing needs the text token by token: the tokens are only queued, and the
+        ``flush`` that follows decodes them in one call (not two decodes per token)."""
+        new = output_token_ids[self.num_output_tokens :]
+        if not self.stop:
+            self.token_ids.extend(new)
+            self.num_output_tokens += len(new)
+            return
+        for token_id in new:
             self.update(token_id)
 
     def update(self, token_id: int) -> str | None:

@@ -259,6 +259,32 @@ def test_mixed_step_padded_to_a_token_bucket_attends_the_same():
     assert torch.equal(c_pad, c_plain)  # padding tokens write no K/V
 
 
+@pytest.mark.parametrize("kind", ["decode", "mixed"])
+def test_the_step_a_cuda_graph_records_runs_on_the_cpu(tiny_qwen3, kind):
+    """``ModelRunner._graph_forward``, the function both graph kinds capture, over an all-padding
+    step (as ``InputBatch.prepare`` pads: length-0 requests, the mixed step's padding tokens owned
+    by its last request), in Triton's interpreter: the metadata views fit the kernels, every
+    padding token gives a finite row, and nothing is written to the cache."""
+    engine = LLMEngine(EngineConfig(model=str(tiny_qwen3), device="cpu", max_model_len=64,
+                                    max_num_seqs=2, attention_backend="triton"))  # fmt: skip
+    runner, ib = engine.runner, engine.runner.input_batch
+    ib.view("query_start_loc").copy_(torch.arange(ib.view("query_start_loc").numel()))
+    if kind == "mixed":  # 3 requests of length 0; the last one owns the 8 padding tokens
+        ib.view("query_start_loc").zero_()
+        ib.view("query_start_loc")[3] = 8
+    ib.view("seq_lens").zero_()
+    ib.view("slot_mapping").fill_(-1)
+    caches = [c.clone() for c in runner.kv_caches]
+    with torch.inference_mode():
+        if kind == "decode":
+            hidden = runner._graph_forward(2, 2, max_query_len=1)
+        else:
+            hidden = runner._graph_forward(3, 8, max_query_len=8, min_query_len=1)
+    assert hidden.shape == (2 if kind == "decode" else 8, runner.model.config.hidden_size)
+    assert torch.isfinite(hidden).all()
+    assert all(torch.equal(a, b) for a, b in zip(caches, runner.kv_caches))
+
+
 def test_deferred_detokenization_gives_the_same_text(tiny_qwen3):
     """Requests without stop strings are decoded when they end (finish or abort), not per step:
     the text is the same as decoding every token."""

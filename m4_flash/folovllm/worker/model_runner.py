@@ -8,6 +8,7 @@ attention backend is chosen by ``attention_backend``, and decode steps replay CU
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -270,6 +271,31 @@ class ModelRunner:
             )
         return caches
 
+    def _graph_forward(
+        self, num_reqs: int, num_tokens: int, max_query_len: int, **metadata_overrides
+    ) -> torch.Tensor:
+        """The model over the first ``num_reqs`` requests and ``num_tokens`` tokens of the device
+        input buffers, as a CUDA graph records it: the metadata points at the buffers, whose
+        values at capture time do not matter (a replay reads what its step copied in)."""
+        ib = self.input_batch
+        common = CommonAttentionMetadata(
+            query_start_loc=ib.view("query_start_loc", num_reqs + 1),
+            seq_lens=ib.view("seq_lens", num_reqs),
+            block_table=ib.device_block_table(num_reqs),
+            slot_mapping=ib.view("slot_mapping", num_tokens),
+            query_start_loc_cpu=[],
+            seq_lens_cpu=[],
+            num_reqs=num_reqs,
+            num_actual_tokens=0,
+            max_query_len=max_query_len,
+            max_seq_len=0,
+        )
+        md = self.attn_builder.build(common)
+        if metadata_overrides:
+            md = dataclasses.replace(md, **metadata_overrides)
+        with set_forward_context(md):
+            return self.model(ib.view("input_ids", num_tokens), ib.view("positions", num_tokens))
+
     @torch.inference_mode()
     def _capture_cuda_graphs(self, mixed: bool) -> None:
         sizes = capture_sizes(self.max_num_seqs)
@@ -278,22 +304,8 @@ class ModelRunner:
         if mixed:  # first: the largest step sets the shared pool's size
             pool = self._capture_mixed_graphs()
 
-        def forward(size: int) -> torch.Tensor:
-            # Capture-time values do not matter (replays read the buffers): all padding here.
-            common = CommonAttentionMetadata(
-                query_start_loc=ib.view("query_start_loc", size + 1),
-                seq_lens=ib.view("seq_lens", size),
-                block_table=ib.device_block_table(size),
-                slot_mapping=ib.view("slot_mapping", size),
-                query_start_loc_cpu=[],
-                seq_lens_cpu=[],
-                num_reqs=size,
-                num_actual_tokens=0,
-                max_query_len=1,
-                max_seq_len=0,
-            )
-            with set_forward_context(self.attn_builder.build(common)):
-                return self.model(ib.view("input_ids", size), ib.view("positions", size))
+        def forward(size: int) -> torch.Tensor:  # a decode step: one token per request
+            return self._graph_forward(size, size, max_query_len=1)
 
         ib.view("query_start_loc").copy_(torch.arange(ib.view("query_start_loc").numel()))
         ib.view("seq_lens").zero_()
@@ -304,28 +316,12 @@ class ModelRunner:
     def _capture_mixed_graphs(self):
         """One graph per token count for prefill / mixed steps, with ``max_num_seqs + 1``
         requests (padding requests have length 0). Returns the memory pool."""
-        import dataclasses
-
         ib = self.input_batch
         reqs = self.max_num_seqs + 1
 
         def forward(tokens: int) -> torch.Tensor:
-            common = CommonAttentionMetadata(
-                query_start_loc=ib.view("query_start_loc", reqs + 1),
-                seq_lens=ib.view("seq_lens", reqs),
-                block_table=ib.device_block_table(reqs),
-                slot_mapping=ib.view("slot_mapping", tokens),
-                query_start_loc_cpu=[],
-                seq_lens_cpu=[],
-                num_reqs=reqs,
-                num_actual_tokens=0,
-                max_query_len=tokens,
-                max_seq_len=0,
-            )
             # Any mix of long and one-token queries may replay it: the general tiles.
-            md = dataclasses.replace(self.attn_builder.build(common), min_query_len=1)
-            with set_forward_context(md):
-                return self.model(ib.view("input_ids", tokens), ib.view("positions", tokens))
+            return self._graph_forward(reqs, tokens, max_query_len=tokens, min_query_len=1)
 
         # Capture-time values: every request empty, every token padding (nothing is read).
         ib.view("query_start_loc").zero_()

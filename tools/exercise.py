@@ -69,6 +69,17 @@ SUGGESTED = [
         "Scheduler.schedule",
         "the preemption loop: evict the newest, retry, no admission after",
     ),
+    (
+        "m4",
+        "Scheduler.advance",
+        "async scheduling's books: computed at launch, one placeholder per token in flight",
+    ),
+    ("m4", "LLMEngine.step", "the async pipeline's order: launch step N+1, then apply step N"),
+    (
+        "m4",
+        "InputBatch.fill_placeholders",
+        "the in-flight token's id into the next inputs, on the device",
+    ),
 ]
 
 

@@ -84,9 +84,15 @@ for job in "${jobs[@]}"; do
           > "$OUT/m6_prefill_profile_$mode.log" 2>&1 \
           && grep "^== " "$OUT/m6_prefill_profile_$mode.log" || echo "profile $mode FAILED"
     done ;;
-  m7check)  # the m7 GPU tests (GPTQ kernels in bf16 at real shapes, graphs), log under $OUT.
-    (cd m7_gptq && PYTHONPATH=. python3 -m pytest tests -m gpu -q -p no:cacheprovider -x \
-        -k "gptq" 2>&1 | tail -n 15) || echo "m7 GPU tests FAILED" ;;
+  m7check)  # m7's whole GPU set (GPTQ kernels, GEMV and sampler in bf16 at real shapes, graphs,
+            # async), then greedy tokens vs transformers in float32 and bfloat16.
+    (cd m7_gptq && PYTHONPATH=. python3 -m pytest tests -m gpu -q -p no:cacheprovider \
+        > "$OUT/m7_gpu_tests.log" 2>&1; rc=$?; tail -n 15 "$OUT/m7_gpu_tests.log"; exit $rc) \
+        || echo "m7 GPU tests FAILED"
+    for opt in "--dtype float32" "--dtype bfloat16"; do
+      python3 benchmarks/gpu_check.py --milestone m7 --attention-backend triton $opt \
+          || echo "gpu_check m7 $opt: mismatch beyond near-ties"
+    done ;;
   m7kernel)  # the GPTQ kernel alone vs bf16 F.linear at Qwen3-0.6B / 8B shapes, batch 1 / 8 / 64.
     python3 benchmarks/gptq_kernel_bench.py --out "$OUT/m7_gptq_kernel.json" \
         || echo "gptq kernel bench FAILED" ;;

@@ -13,6 +13,7 @@ once, against the card's copy bandwidth measured in the same run. ``--sweep`` al
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import sys
 from pathlib import Path
@@ -62,8 +63,8 @@ def main() -> None:
     copy_bw = 2 * big.numel() / (copy_us * 1e-6)  # read + write per second
     del big
     linear = torch.nn.functional.linear
-    rows, sweep = [], []
-    configs = list(itertools.product((1, 2, 4, 8, 16), (256, 512, 1024), (2, 4, 8)))
+    rows, sweep, silu = [], [], None
+    configs = list(itertools.product((1, 2, 4, 8), (512, 1024, 2048), (1, 2, 4)))
     for name, (n, k) in SHAPES.items():
         copies = -(-L2_FLUSH_BYTES // (n * k * 2))
         weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -76,7 +77,7 @@ def main() -> None:
             t_cublas = cold_time_us(torch, linear, weights, x)
             t_ours = cold_time_us(torch, fused.gemv, weights, x)
             best = None
-            if args.sweep and m in (1, 4):
+            if args.sweep and m == 1:
                 for cfg in configs:
                     try:
                         t = cold_time_us(torch, lambda x, w, c=cfg: fused.gemv(x, w, None, c),
@@ -98,10 +99,23 @@ def main() -> None:
                   f", {r['gemv_share_of_copy_bw']:.0%}), cuBLAS {t_cublas:6.2f} us "
                   f"({r['cublas_gb_s']:5.0f} GB/s) -> {r['speedup']:.2f}x, err {err:.3g}"
                   + (f"; best {best[0]} {best[1]:.2f} us ({t_cublas / best[1]:.2f}x)" if best else ""))  # fmt: skip
+        if name == "down" and "silu_mul" in inspect.signature(fused.gemv).parameters:
+            # The MLP's SiLU-mul inside the down GEMV vs the two kernels it replaces, one row.
+            gate_up = torch.randn(1, 2 * k, device="cuda", dtype=torch.bfloat16)
+            two = cold_time_us(torch, lambda x, w: fused.gemv(fused.silu_and_mul(x), w),
+                               weights, gate_up)  # fmt: skip
+            one = cold_time_us(
+                torch, lambda x, w: fused.gemv(x, w, silu_mul=True), weights, gate_up
+            )
+            silu = dict(two_kernels_us=two, fused_us=one, speedup=two / one)
+            print(
+                f"down + SiLU-mul, M=1: silu_and_mul + gemv {two:6.2f} us, one kernel {one:6.2f} us"
+            )
         del weights
     print(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s")
     write_json(args.out, {"benchmark": "gemv", "device": device_info(),
-                          "copy_bandwidth_bytes_per_s": copy_bw, "rows": rows, "sweep": sweep})  # fmt: skip
+                          "copy_bandwidth_bytes_per_s": copy_bw, "rows": rows, "sweep": sweep,
+                          "down_silu_mul": silu})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 # One device call (see the device tool's README): checks, then times, every variant; JSON under $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu_session.sh [m1] [m2] [m3] [m4check] [m4] [m5check] [m5]
 #   [m6check] [m6] [graphtest] [prefill] [m7check] [m7kernel] [m7] [fastpath] [before] [fast] [final] [peer]
+#   [s5check] [s5lat] [s5tput] [s5b]
 #   (default: m1 m2 m3)
 set -u
 export PYTHONUNBUFFERED=1
@@ -158,6 +159,57 @@ for job in "${jobs[@]}"; do
           # workload: the issue's peer baseline, in the same call as ours.
     timeout 420 python3 benchmarks/peer_transformers.py "${M[@]}" \
         --out "$OUT/peer_transformers_throughput.json" || echo "peer transformers FAILED" ;;
+  s5check)  # session 5 (PDL, SiLU-mul inside the down GEMV): m7's whole GPU set, then greedy
+             # tokens vs transformers in float32 and bfloat16.
+    (cd m7_gptq && PYTHONPATH=. python3 -m pytest tests -m gpu -q -p no:cacheprovider \
+        > "$OUT/s5_m7_gpu_tests.log" 2>&1; rc=$?; tail -n 6 "$OUT/s5_m7_gpu_tests.log"; exit $rc) \
+        || echo "m7 GPU tests FAILED"
+    for opt in "--dtype float32" "--dtype bfloat16"; do
+      python3 benchmarks/gpu_check.py --milestone m7 --attention-backend triton $opt 2>&1 \
+          | tail -n 2 || echo "gpu_check m7 $opt: mismatch beyond near-ties"
+    done ;;
+  s5lat)  # the m7 snapshot of the session's start (.snap/m7_*) vs m7 now with PDL off and on:
+          # batch-1 latency, then batch-1 kernel profiles with PDL off and on.
+    B=$(ls -d .snap/m7_* | head -n 1)
+    L=(--input-len 128 --output-len 256 --num-iters 3)
+    for v in "before:$B:1" "nopdl:m7:0" "pdl:m7:1"; do
+      IFS=: read -r name ms pdl <<< "$v"
+      FOLOVLLM_PDL=$pdl python3 benchmarks/latency_test.py --milestone "$ms" "${M[@]}" "${L[@]}" \
+          --out "$OUT/s5_${name}_latency.json" 2>&1 | grep -E "^folovllm|floor"
+    done
+    for pdl in 0 1; do
+      FOLOVLLM_PDL=$pdl python3 benchmarks/step_profile.py --milestone m7 "${M[@]}" --batch 1 \
+          --context 256 --steps 30 --top 12 --kernels --out "$OUT/s5_pdl${pdl}_kernels_b1.json" \
+          2>&1 | grep -E "timeline|kernels:" || echo "profile pdl=$pdl FAILED"
+    done ;;
+  s5tput)  # the nano-vllm workload: the snapshot vs m7 now with PDL off and on.
+    B=$(ls -d .snap/m7_* | head -n 1)
+    for v in "before:$B:1" "nopdl:m7:0" "pdl:m7:1"; do
+      IFS=: read -r name ms pdl <<< "$v"
+      FOLOVLLM_PDL=$pdl python3 benchmarks/throughput_test.py --milestone "$ms" "${M[@]}" \
+          --out "$OUT/s5_${name}_throughput.json" 2>&1 | grep -E "tok/s|floor" | head -n 3
+    done ;;
+  s5b)  # session 5, second call: the kernel GPU tests of m7 (split-KV with the merge in-kernel,
+        # GEMV, PDL), the GEMV vs cuBLAS (snapshot's kernel, then ours with a one-row sweep), then
+        # snapshot vs m7 now: batch-1 latency, the nano-vllm workload, a batch-1 kernel profile.
+    (cd m7_gptq && PYTHONPATH=. python3 -m pytest tests/test_gpu.py tests/test_fused.py \
+        tests/test_kernels.py tests/test_async.py -m gpu -q -p no:cacheprovider 2>&1 | tail -n 4) \
+        || echo "m7 kernel GPU tests FAILED"
+    B=$(ls -d .snap/m7_* | head -n 1)
+    python3 benchmarks/gemv_bench.py --milestone "$B" --out "$OUT/s5_gemv_before.json" 2>&1 \
+        | grep -E "M=1|copy" || echo "gemv before FAILED"
+    python3 benchmarks/gemv_bench.py --milestone m7 --sweep --out "$OUT/s5_gemv.json" 2>&1 \
+        | grep -E "M=1|copy|SiLU" || echo "gemv FAILED"
+    L=(--input-len 128 --output-len 256 --num-iters 3)
+    for v in "before:$B" "m7:m7"; do
+      IFS=: read -r name ms <<< "$v"
+      python3 benchmarks/latency_test.py --milestone "$ms" "${M[@]}" "${L[@]}" \
+          --out "$OUT/s5b_${name}_latency.json" 2>&1 | grep -E "^folovllm|floor"
+      python3 benchmarks/throughput_test.py --milestone "$ms" "${M[@]}" \
+          --out "$OUT/s5b_${name}_throughput.json" 2>&1 | grep -E "tok/s|floor" | head -n 2
+    done
+    python3 benchmarks/step_profile.py --milestone m7 "${M[@]}" --batch 1 --context 256 --steps 30 \
+        --top 12 --kernels --out "$OUT/s5b_m7_kernels_b1.json" 2>&1 | grep -E "timeline|kernels:" ;;
   before)  # the fast path's "before": an earlier snapshot of a milestone carried in .snap/NAME
     for snap in .snap/*; do
       python3 benchmarks/throughput_test.py --milestone "$snap" "${M[@]}" \

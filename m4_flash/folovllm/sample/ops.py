@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from folovllm.triton_utils import pdl_args
+
 try:
     import triton
     import triton.language as tl
+
+    from folovllm.triton_utils import pdl_wait
 except ImportError:  # the CPU-only engine never calls the kernel
     triton = tl = None
 
@@ -29,8 +33,10 @@ if triton is not None:
 
     @triton.jit
     def _sample_kernel(
-        logits_ptr, temp_ptr, val_ptr, col_ptr, stride, n, seed, BLOCK: tl.constexpr
-    ):
+        logits_ptr, temp_ptr, val_ptr, col_ptr, stride, n, seed, BLOCK: tl.constexpr,
+        PDL: tl.constexpr,
+    ):  # fmt: skip
+        pdl_wait(PDL)
         row, part, parts = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.num_programs(1)
         row_ptr = logits_ptr + row * stride
         temp = tl.load(temp_ptr + row)
@@ -60,6 +66,7 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, block: int = 1024) -
     seed = int(torch.randint(2**31 - 1, ()))
     if rows:
         _sample_kernel[(rows, parts)](
-            logits, temperature, vals, cols, logits.stride(0), logits.shape[1], seed, BLOCK=block
-        )
+            logits, temperature, vals, cols, logits.stride(0), logits.shape[1], seed, BLOCK=block,
+            **pdl_args(logits),
+        )  # fmt: skip
     return cols.gather(1, vals.argmax(1, keepdim=True)).squeeze(1)

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from folovllm.triton_utils import pdl_args, pdl_wait
+
 
 @triton.jit
 def _store_kv_kernel(
@@ -25,7 +27,9 @@ def _store_kv_kernel(
     ROW: tl.constexpr,  # num_kv_heads * head_dim: one token's K (or V), contiguous in the cache
     ROW_PAD: tl.constexpr,
     FP8: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     token = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:
@@ -76,4 +80,5 @@ def store_kv(
         ROW=row,
         ROW_PAD=triton.next_power_of_2(row),
         FP8=fp8,
+        **pdl_args(k),
     )

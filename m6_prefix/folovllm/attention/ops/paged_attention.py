@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from folovllm.triton_utils import pdl_args, pdl_wait
+
 LOG2E = 1.4426950408889634
 MIN_DOT_ROWS = 16  # tl.dot on the GPU needs tiles of at least 16 rows
 
@@ -74,7 +76,9 @@ def _paged_attention_kernel(
     HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,  # tokens per KV-cache block
     IEEE: tl.constexpr,  # float32 inputs: exact dots (no TF32)
+    PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = find_seq_idx(query_start_loc_ptr, num_seqs, q_block, BLOCK_Q)
@@ -237,5 +241,6 @@ def paged_attention(
         BLOCK_SIZE=block_size,
         IEEE=q.dtype == torch.float32,
         **extra,
+        **pdl_args(q),
     )
     return out

@@ -6,7 +6,8 @@ cast back, ...), each reading and writing the whole hidden state: a Qwen3-0.6B d
 launches ~60 kernels per layer, and at batch 1 the step is launch-bound, not bandwidth-bound.
 One kernel per layer op reads its inputs once and writes its outputs once; attention's q/k norm and
 RoPE (two copies, two norms, two rotations in torch-op terms) are one kernel too. ``gemv`` replaces
-cuBLAS for linear layers at decode batch sizes <= 4, where a step only streams the weights.
+cuBLAS for linear layers at decode batch sizes <= 4, where a step only streams the weights (and
+computes the MLP's SiLU-mul while loading the down projection's input).
 
 Each kernel rounds where the torch reference rounds (the residual sum, the normalised value
 before the weight multiply, cos/sin and each product in RoPE, silu before the multiply), so in
@@ -25,9 +26,13 @@ import os
 
 import torch
 
+from folovllm.triton_utils import pdl_args
+
 try:
     import triton
     import triton.language as tl
+
+    from folovllm.triton_utils import pdl_wait
 except ImportError:  # the CPU-only engine never calls the kernels
     triton = tl = None
 
@@ -58,10 +63,13 @@ if triton is not None:
         eps,
         HAS_RESIDUAL: tl.constexpr,
         BLOCK: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)  # a weight: no earlier kernel writes it
+        pdl_wait(PDL)
         x = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0)
         if HAS_RESIDUAL:
             r = tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0)
@@ -70,7 +78,6 @@ if triton is not None:
         xf = x.to(tl.float32)
         inv = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n_cols + eps)
         normed = (xf * inv).to(x_ptr.dtype.element_ty)  # cast back before the weight multiply
-        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
         y = normed.to(tl.float32) * w.to(tl.float32)
         tl.store(out_ptr + row * out_stride + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -110,7 +117,9 @@ if triton is not None:
         num_heads,
         HALF: tl.constexpr,
         HEADS_PAD: tl.constexpr,
+        PDL: tl.constexpr,
     ):
+        pdl_wait(PDL)
         t = tl.program_id(0).to(tl.int64)
         x, pos = x_ptr + t * x_stride_t, tl.load(pos_ptr + t)  # rotated in place, no norm
         _norm_rope_heads(x, x, x_stride_h, num_heads, pos, cos_ptr, sin_ptr, x_ptr, 0.0,
@@ -128,7 +137,9 @@ if triton is not None:
         k_ptr,  # out: [tokens, KV, head_dim], contiguous
         qkv_stride, H, KV, eps,
         HAS_NORM: tl.constexpr, HALF: tl.constexpr, Q_PAD: tl.constexpr, KV_PAD: tl.constexpr,
+        PDL: tl.constexpr,
     ):  # fmt: skip
+        pdl_wait(PDL)
         t = tl.program_id(0).to(tl.int64)  # one program per token: all its q heads, then k heads
         src, pos, D = qkv_ptr + t * qkv_stride, tl.load(pos_ptr + t), 2 * HALF
         _norm_rope_heads(src, q_ptr + t * H * D, D, H, pos, cos_ptr, sin_ptr, qw_ptr, eps,
@@ -138,8 +149,9 @@ if triton is not None:
 
     @triton.jit
     def _silu_and_mul_kernel(
-        x_ptr, out_ptr, x_stride, out_stride, d, BLOCK: tl.constexpr
+        x_ptr, out_ptr, x_stride, out_stride, d, BLOCK: tl.constexpr, PDL: tl.constexpr
     ):  # fmt: skip
+        pdl_wait(PDL)
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = cols < d
@@ -150,22 +162,41 @@ if triton is not None:
         tl.store(out_ptr + row * out_stride + cols, (silu * up).to(dt), mask=mask)
 
     @triton.jit
+    def _gemv_x(x_ptr, m, k, M, K, x_stride, SILU_MUL: tl.constexpr):
+        """Columns ``k`` of the GEMV's input rows ``m`` in float32; with SILU_MUL the input is
+        [gate | up] (2K wide) and this is silu(gate) * up, rounded as _silu_and_mul_kernel does."""
+        mask = (m[:, None] < M) & (k[None, :] < K)
+        rows = x_ptr + m[:, None] * x_stride + k[None, :]
+        x = tl.load(rows, mask=mask)
+        if SILU_MUL:
+            dt = x_ptr.dtype.element_ty
+            gate = x.to(tl.float32)
+            silu = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
+            x = (silu * tl.load(rows + K, mask=mask).to(tl.float32)).to(dt)
+        return x.to(tl.float32)
+
+    @triton.jit
     def _gemv_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, x_stride, w_stride, y_stride,
-        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = tl.arange(0, BLOCK_M)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        kk = tl.arange(0, BLOCK_K)
+        w_rows = w_ptr + n[:, None].to(tl.int64) * w_stride
+        # The first weight tile is loaded before the wait: weights are never written by an earlier
+        # kernel, so with PDL this DRAM round trip overlaps the previous kernel's tail.
+        w = tl.load(w_rows + kk[None, :], mask=(n[:, None] < N) & (kk[None, :] < K))
+        pdl_wait(PDL)
+        # Products are summed elementwise across tiles and reduced across lanes once at the end.
+        acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            w_mask = (n[:, None] < N) & (k[None, :] < K)
-            w = tl.load(w_ptr + n[:, None].to(tl.int64) * w_stride + k[None, :], mask=w_mask)
-            x = tl.load(
-                x_ptr + m[:, None] * x_stride + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K)
-            )
-            acc += tl.sum(x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+            x = _gemv_x(x_ptr, m, k0 + kk, M, K, x_stride, SILU_MUL)
+            acc3 += x[:, None, :] * w.to(tl.float32)[None, :, :]
+            k = k0 + BLOCK_K + kk  # the next tile (masked out past K)
+            w = tl.load(w_rows + k[None, :], mask=(n[:, None] < N) & (k[None, :] < K))
+        acc = tl.sum(acc3, axis=2)
         if HAS_BIAS:
             acc += tl.load(b_ptr + n, mask=n < N).to(tl.float32)[None, :]
         y_mask = (m[:, None] < M) & (n[None, :] < N)
@@ -198,6 +229,7 @@ def rms_norm(
             eps,
             HAS_RESIDUAL=residual is not None,
             BLOCK=triton.next_power_of_2(shape[-1]),
+            **pdl_args(x),
         )
     return out.view(shape)
 
@@ -219,6 +251,7 @@ def rotary_(
             heads,
             HALF=head_dim // 2,
             HEADS_PAD=triton.next_power_of_2(heads),
+            **pdl_args(x),
         )
     return x
 
@@ -248,6 +281,7 @@ def qk_norm_rope(
             qkv, positions, cos_cache, sin_cache, *w, q, k, qkv.stride(0), num_heads, num_kv_heads,
             eps, HAS_NORM=q_weight is not None, HALF=head_dim // 2,
             Q_PAD=triton.next_power_of_2(num_heads), KV_PAD=triton.next_power_of_2(num_kv_heads),
+            **pdl_args(qkv),
         )  # fmt: skip
     return q, k
 
@@ -260,7 +294,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     block = min(1024, triton.next_power_of_2(d))
     if x2.shape[0]:
         _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, block))](
-            x2, out, x2.stride(0), out.stride(0), d, BLOCK=block
+            x2, out, x2.stride(0), out.stride(0), d, BLOCK=block, **pdl_args(x)
         )
     return out.view(*x.shape[:-1], d)
 
@@ -289,23 +323,28 @@ def gemv(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     config: tuple[int, int, int] | None = None,
+    silu_mul: bool = False,
 ) -> torch.Tensor:
     """``F.linear`` for a few rows (decode at batch <= 4): bound by reading the weight once.
 
     cuBLAS picks small-tile GEMM kernels for M = 1 that read narrow weights (o_proj, down_proj) at
     8-20% of the copy bandwidth; here each program reads BLOCK_N whole weight rows with wide
-    contiguous loads and accumulates in float32 (rounded once, as F.linear does)."""
+    contiguous loads and accumulates in float32 (rounded once, as F.linear does).
+    ``silu_mul``: ``x`` is [gate | up] and the input is ``silu_and_mul(x)``, computed while loading
+    (the MLP's down projection without the separate SiLU kernel; the same rounding)."""
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    (m, k), n = x2.shape, weight.shape[0]
+    m, n = x2.shape[0], weight.shape[0]
+    k = x2.shape[1] // 2 if silu_mul else x2.shape[1]
+    assert weight.shape[1] == k, f"gemv: weight {tuple(weight.shape)} for an input of width {k}"
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     block_n, block_k, warps = config or gemv_config(n, k, m)
     if m:
         _gemv_kernel[(triton.cdiv(n, block_n),)](
             x2, weight, bias if bias is not None else weight, y, m, n, k,
             x2.stride(0), weight.stride(0), y.stride(0),
-            HAS_BIAS=bias is not None, BLOCK_M=triton.next_power_of_2(max(m, 1)),
-            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+            HAS_BIAS=bias is not None, SILU_MUL=silu_mul, BLOCK_M=triton.next_power_of_2(max(m, 1)),
+            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **pdl_args(x),
         )  # fmt: skip
     return y.view(*x.shape[:-1], n)

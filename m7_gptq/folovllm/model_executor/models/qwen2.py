@@ -78,7 +78,11 @@ class Qwen2MLP(nn.Module):
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+        gate_up, down = self.gate_up_proj(x), self.down_proj
+        # m4: SiLU-mul inside the down GEMV, one kernel (m7: dense layers only)
+        if down.quant_method is None and fused.use_gemv(gate_up, down.weight):
+            return fused.gemv(gate_up, down.weight, down.bias, silu_mul=True)
+        return down(self.act_fn(gate_up))
 
 
 class Qwen2DecoderLayer(nn.Module):

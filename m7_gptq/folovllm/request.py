@@ -21,9 +21,10 @@ class RequestStatus(enum.Enum):
     FINISHED_LENGTH = "finished_length"  # max_tokens or max_model_len
     FINISHED_ABORTED = "finished_aborted"
 
-    @property
-    def finished(self) -> bool:
-        return self in _FINISHED
+    def __init__(self, value: str) -> None:
+        # A plain attribute, not ``self in _FINISHED``: read for every request in every step, and
+        # an enum member's hash is Python code (several times slower).
+        self.finished = value.startswith("finished")
 
     @property
     def finish_reason(self) -> str | None:

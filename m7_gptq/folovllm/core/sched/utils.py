@@ -11,6 +11,9 @@ def check_stop(request: Request, max_model_len: int) -> RequestStatus | None:
     last = request.output_token_ids[-1]
     if not params.ignore_eos and last in request.eos_token_ids:
         return RequestStatus.FINISHED_STOPPED
-    if request.num_output_tokens >= params.max_tokens or request.num_tokens >= max_model_len:
+    # len(), not the num_*_tokens properties: this runs for every token.
+    num_output = len(request.output_token_ids)
+    num_tokens = len(request.prompt_token_ids) + num_output
+    if num_output >= params.max_tokens or num_tokens >= max_model_len:
         return RequestStatus.FINISHED_LENGTH
     return None

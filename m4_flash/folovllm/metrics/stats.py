@@ -31,12 +31,10 @@ class EngineStats:
     def record_step(self, so: SchedulerOutput, kv_usage: tuple[int, int] = (0, 0)) -> None:
         # Called before the step's tokens are counted as computed. A request still computing its
         # prompt is a prefill however few tokens it has (a 1-token prompt is one too).
-        prefills = [
-            r.request_id for r in so.scheduled if r.num_computed_tokens < r.num_prompt_tokens
-        ]
-        decodes = [
-            r.request_id for r in so.scheduled if r.num_computed_tokens >= r.num_prompt_tokens
-        ]
+        prefills, decodes = [], []
+        for r in so.scheduled:  # one pass, len() not the property: this runs every step
+            is_prefill = r.num_computed_tokens < len(r.prompt_token_ids)
+            (prefills if is_prefill else decodes).append(r.request_id)
         self.steps.append(
             StepRecord(
                 time.perf_counter(),

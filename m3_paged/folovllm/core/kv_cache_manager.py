@@ -25,12 +25,13 @@ class KVCacheManager:
         """Make room for ``num_new_tokens`` more tokens; None (and nothing taken) if it does not fit."""
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
         needed = cdiv(request.num_computed_tokens + num_new_tokens, self.block_size) - len(blocks)
+        if needed <= 0:  # the usual decode step: its last block still has room
+            return blocks
         if needed > self.block_pool.num_free_blocks:
             if not blocks:
                 del self.req_to_blocks[request.request_id]
             return None
-        if needed > 0:
-            blocks.extend(self.block_pool.allocate(needed))
+        blocks.extend(self.block_pool.allocate(needed))
         return blocks
 
     def free(self, request: Request) -> None:

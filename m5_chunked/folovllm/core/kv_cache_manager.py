@@ -28,14 +28,15 @@ class KVCacheManager:
         """Make room for ``num_new_tokens`` more tokens; None (and nothing taken) if it does not fit."""
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
         needed = cdiv(request.num_computed_tokens + num_new_tokens, self.block_size) - len(blocks)
+        if needed <= 0:  # the usual decode step: its last block still has room
+            return blocks
         if needed > self.block_pool.num_free_blocks:
             if not blocks:
                 del self.req_to_blocks[request.request_id]
             return None
-        if needed > 0:
-            new = self.block_pool.allocate(needed)
-            blocks.extend(new)
-            self.req_to_block_ids.setdefault(request.request_id, []).extend(b.block_id for b in new)
+        new = self.block_pool.allocate(needed)
+        blocks.extend(new)
+        self.req_to_block_ids.setdefault(request.request_id, []).extend(b.block_id for b in new)
         return blocks
 
     def free(self, request: Request) -> None:

@@ -60,21 +60,22 @@ class KVCacheManager:
         num_hit = len(new_computed_blocks) * self.block_size
         total = request.num_computed_tokens + num_hit + num_new_tokens
         needed = cdiv(total, self.block_size) - len(blocks) - len(new_computed_blocks)
-        # A hit that nobody holds sits in the free queue: taking it uses up a free block too.
-        idle_hits = sum(1 for b in new_computed_blocks if b.ref_count == 0)
-        if needed + idle_hits > self.block_pool.num_free_blocks:
-            if not blocks:
-                del self.req_to_blocks[request.request_id]
-            return None
-        ids = self.req_to_block_ids.setdefault(request.request_id, [])
-        if new_computed_blocks:
-            self.block_pool.touch(new_computed_blocks)
-            blocks.extend(new_computed_blocks)
-            ids.extend(b.block_id for b in new_computed_blocks)
-        if needed > 0:
-            new = self.block_pool.allocate(needed)
-            blocks.extend(new)
-            ids.extend(b.block_id for b in new)
+        if needed > 0 or new_computed_blocks:  # else the usual decode step: its last block has room
+            # A hit that nobody holds sits in the free queue: taking it uses up a free block too.
+            idle_hits = sum(1 for b in new_computed_blocks if b.ref_count == 0)
+            if needed + idle_hits > self.block_pool.num_free_blocks:
+                if not blocks:
+                    del self.req_to_blocks[request.request_id]
+                return None
+            ids = self.req_to_block_ids.setdefault(request.request_id, [])
+            if new_computed_blocks:
+                self.block_pool.touch(new_computed_blocks)
+                blocks.extend(new_computed_blocks)
+                ids.extend(b.block_id for b in new_computed_blocks)
+            if needed > 0:
+                new = self.block_pool.allocate(needed)
+                blocks.extend(new)
+                ids.extend(b.block_id for b in new)
         if self.enable_caching:
             if admitted:
                 self.prefix_cache_queries += request.num_tokens

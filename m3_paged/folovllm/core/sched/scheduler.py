@@ -11,6 +11,7 @@ its blocks are freed and it returns to the front of the waiting queue, to be rec
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 
@@ -101,10 +102,11 @@ class Scheduler:
         """Apply the sampled tokens; retire requests that hit a token-level stop."""
         by_id = {r.request_id: r for r in so.scheduled}
         finished = []
+        now = time.perf_counter()  # one clock read for the step's tokens, not one per token
         for req_id, token_id in zip(req_ids, sampled_token_ids):
             req = by_id[req_id]
             req.num_computed_tokens += so.num_scheduled_tokens[req_id]
-            req.append_output_token(token_id)
+            req.append_output_token(token_id, now)
             status = check_stop(req, self.max_model_len)
             if status is not None:
                 self._free(req, status)

@@ -16,6 +16,7 @@ whose in-flight token is its last by length is not scheduled again (no wasted st
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 
@@ -104,9 +105,12 @@ class Scheduler:
     def _last_token_in_flight(self, req: Request) -> bool:
         """Async: the token still on the GPU reaches max_tokens or max_model_len (it ends then)."""
         ph = req.num_output_placeholders
-        return ph > 0 and (
-            req.num_output_tokens + ph >= req.sampling_params.max_tokens
-            or req.num_tokens + ph >= self.max_model_len
+        if not ph:
+            return False
+        num_output = len(req.output_token_ids) + ph  # len(), not the properties: runs per request
+        return (
+            num_output >= req.sampling_params.max_tokens
+            or len(req.prompt_token_ids) + num_output >= self.max_model_len
         )
 
     def advance(self, so: SchedulerOutput) -> None:
@@ -139,6 +143,7 @@ class Scheduler:
         was launched (a stop one step earlier, an abort) drops its token."""
         by_id = {r.request_id: r for r in so.scheduled}
         finished = []
+        now = time.perf_counter()  # one clock read for the step's tokens, not one per token
         for req_id, token_id in zip(req_ids, sampled_token_ids):
             req = by_id[req_id]
             if not advanced:
@@ -147,7 +152,7 @@ class Scheduler:
                 continue
             else:
                 req.num_output_placeholders -= 1
-            req.append_output_token(token_id)
+            req.append_output_token(token_id, now)
             status = check_stop(req, self.max_model_len)
             if status is not None:
                 self._free(req, status)

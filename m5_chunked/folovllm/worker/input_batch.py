@@ -47,9 +47,10 @@ class InputBatch:
         self.max_blocks = cdiv(max_model_len, block_size)
         # Per-request rows (host only): the tokens and blocks the runner has seen so far.
         self.token_ids = np.zeros((max_num_reqs, max_model_len), dtype=np.int32)
-        self.num_tokens = np.zeros(max_num_reqs, dtype=np.int64)
         self.block_table = np.zeros((max_num_reqs, self.max_blocks), dtype=np.int32)
-        self.num_blocks = np.zeros(max_num_reqs, dtype=np.int64)
+        # How much of each row is filled: Python ints, read and written per request per step
+        # (a numpy scalar costs several times more).
+        self.num_tokens, self.num_blocks = [0] * max_num_reqs, [0] * max_num_reqs
         self.req_to_row: dict[str, int] = {}
         self.free_rows = list(range(max_num_reqs - 1, -1, -1))
         # The staging buffer (pinned on CUDA, so the copy is asynchronous) and its device twin.
@@ -81,8 +82,11 @@ class InputBatch:
                 raise RuntimeError(f"more than max_num_seqs={self.max_num_reqs} requests in a step")
             row = self.req_to_row[req.request_id] = self.free_rows.pop()
             self.num_tokens[row] = self.num_blocks[row] = 0
-        have, want = int(self.num_tokens[row]), req.num_tokens
-        if want > have:  # usually one sampled token; the whole prompt for a new row
+        have, want = self.num_tokens[row], req.num_tokens
+        if want == have + 1 and have >= len(req.prompt_token_ids):  # the usual: one sampled token
+            self.token_ids[row, have] = req.output_token_ids[-1]  # a scalar write: no slicing
+            self.num_tokens[row] = want
+        elif want > have:  # the whole prompt for a new row; several tokens after a prefill
             prompt = req.prompt_token_ids
             if have < len(prompt):
                 self.token_ids[row, have : len(prompt)] = prompt[have:]
@@ -91,7 +95,7 @@ class InputBatch:
                 p = len(prompt)
                 self.token_ids[row, have:want] = req.output_token_ids[have - p : want - p]
             self.num_tokens[row] = want
-        have, want = int(self.num_blocks[row]), len(block_ids)
+        have, want = self.num_blocks[row], len(block_ids)
         if want > have:
             self.block_table[row, have:want] = block_ids[have:]
             self.num_blocks[row] = want
@@ -142,7 +146,8 @@ class InputBatch:
             padded_reqs, padded_tokens = self.max_num_reqs + 1, pad_tokens_to
         if padded_tokens > self.max_num_tokens or padded_reqs > self.max_num_reqs + 1:
             raise RuntimeError("step larger than the input buffers")
-        ph = np.flatnonzero(positions >= self.num_tokens[token_rows])  # ids still on the GPU
+        known = np.array(self.num_tokens)[token_rows]  # tokens each row holds on the host
+        ph = np.flatnonzero(positions >= known)  # ids still on the GPU
         if len(ph) and in_flight is None:
             raise RuntimeError("a step's input token is not known and no step is in flight")
         # Step N's copy out of this buffer was queued two steps ago: long done, but make sure.
@@ -171,7 +176,7 @@ class InputBatch:
         put("seq_lens", start + n, 0, padded_reqs)  # length 0: attention writes zeros
         self.num_placeholders = len(ph)
         if len(ph):
-            src = [in_flight[reqs[i].request_id] for i in req_of_token[ph]]
+            src = [in_flight[reqs[i].request_id] for i in req_of_token[ph].tolist()]  # ints
             put("placeholder_dst", ph, 0, len(ph))
             put("placeholder_src", np.asarray(src), 0, len(ph))
         w = self.max_blocks

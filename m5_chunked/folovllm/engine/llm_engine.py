@@ -180,6 +180,8 @@ class LLMEngine:
             detok = self.detokenizers[req_id]
             # Text is needed now only to find stop strings (no streaming here): the others are
             # decoded once, when they end (m4: detokenizing is off the per-step path).
+            if not detok.stop and req not in finished:
+                continue  # nothing to do until it ends (its output_text stays "")
             stop_str = detok.update(token_id) if detok.stop else None
             if stop_str is None and req in finished:
                 detok.catch_up(req.output_token_ids)

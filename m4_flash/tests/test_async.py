@@ -140,3 +140,43 @@ def test_async_scheduling_option(tiny_qwen3):
     with pytest.raises(ValueError, match="async_scheduling must be a bool or None"):
         EngineConfig(async_scheduling="yes")
     assert make(tiny_qwen3, None).async_scheduling is False  # default: on only for CUDA
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_a_reused_batch_samples_as_a_fresh_build(tiny_qwen3, async_scheduling):
+    """While a step runs the same requests as the one before, the runner reuses that step's
+    sampling metadata and rows (vLLM's persistent batch). Here requests join and leave at
+    different steps (4 seats, 8 requests of different lengths): every row's temperature, top-k,
+    top-p and seeded generator must follow its request, as with metadata built every step."""
+    kinds = [
+        dict(temperature=0.8, seed=21, max_tokens=9),
+        dict(temperature=0, max_tokens=14),
+        dict(temperature=1.0, top_k=5, seed=22, max_tokens=6),
+        dict(temperature=0.9, top_p=0.8, seed=23, max_tokens=17),
+        dict(temperature=1.2, seed=24, max_tokens=3),
+        dict(temperature=0, max_tokens=11),
+        dict(temperature=0.7, top_k=3, top_p=0.9, seed=25, max_tokens=8),
+        dict(temperature=1.5, seed=26, max_tokens=12),
+    ]
+    params = [SamplingParams(ignore_eos=True, **k) for k in kinds]
+    reused, reused_mds = _run_recording_metadata(make(tiny_qwen3, async_scheduling), params, False)
+    fresh, fresh_mds = _run_recording_metadata(make(tiny_qwen3, async_scheduling), params, True)
+    assert reused == fresh
+    assert len({id(md) for md in fresh_mds}) == len(fresh_mds)
+    assert len({id(md) for md in reused_mds}) < len(reused_mds)  # the cache was really used
+
+
+def _run_recording_metadata(engine: LLMEngine, params: list[SamplingParams], fresh: bool):
+    """``run``, keeping every step's sampling metadata; ``fresh``: the runner forgets the last
+    batch before every step, so each step builds its metadata anew."""
+    runner, sampler, step = engine.runner, engine.runner.sampler, engine.step
+    mds = []
+    runner.sampler = lambda logits, md: (mds.append(md), sampler(logits, md))[1]
+    if fresh:
+
+        def fresh_step():
+            runner.batch_reqs = []
+            return step()
+
+        engine.step = fresh_step
+    return summary(run(engine, params)[0]), mds

@@ -114,6 +114,9 @@ class ModelRunner:
         # The last launched step's sampled ids (on the device) and each request's row in them.
         self.prev_sampled: torch.Tensor | None = None
         self.prev_rows: dict[str, int] = {}
+        # The last batch (its requests in order) and its sampling metadata: see execute_model_async.
+        self.batch_reqs: list[Request] = []
+        self.batch_md: SamplingMetadata | None = None
         # Without paging, one block is a whole max_model_len row: m2's reservation, for comparison.
         self.block_size = (
             cache_config.block_size if cache_config.enable_paged_kv else self.max_model_len
@@ -391,11 +394,17 @@ class ModelRunner:
                 idx = idx.pin_memory().to(self.device, non_blocking=True)
             hidden, reqs = hidden[idx], [reqs[i] for i in done]
         logits = self.model.compute_logits(hidden)
-        md = SamplingMetadata.from_requests(
-            reqs, logits.shape[-1], self.device, self._generators(reqs)
-        )
+        # A decode batch is usually the same requests as the step before (vLLM's persistent
+        # batch): their rows and sampling metadata are then reused, not rebuilt per request.
+        if reqs != self.batch_reqs:  # list ==: the same Request objects in the same order
+            self.batch_reqs, self.batch_md = list(reqs), None
+            self.prev_rows = {r.request_id: i for i, r in enumerate(reqs)}
+        md = self.batch_md
+        if md is None or md.repetition_penalty is not None:  # the penalty reads this step's tokens
+            md = self.batch_md = SamplingMetadata.from_requests(
+                reqs, logits.shape[-1], self.device, self._generators(reqs)
+            )
         self.prev_sampled = self.sampler(logits, md)
-        self.prev_rows = {r.request_id: i for i, r in enumerate(reqs)}
         return AsyncModelRunnerOutput(
             list(self.prev_rows), self.prev_sampled, logits.float() if self.keep_logits else None
         )

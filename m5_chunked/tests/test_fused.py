@@ -198,40 +198,6 @@ def test_gemv_matches_f_linear(dtype, rows, bias):
     torch.testing.assert_close(small, ref, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 3])
-def test_gemv_silu_mul_equals_two_kernels(dtype, rows):
-    """gemv(silu_mul=True) on [gate | up] gives exactly gemv(silu_and_mul(x)): the SiLU-mul is
-    computed while loading, with the same roundings, and the reduction is the same."""
-    g = torch.Generator().manual_seed(rows)
-    n, d = 70, 300
-    w = torch.randn(n, d, generator=g).to(DEVICE, dtype)
-    x = torch.randn(rows, 2 * d, generator=g).to(DEVICE, dtype)
-    for config in [None, (2, 128, 2)]:
-        fused_once = fused.gemv(x, w, config=config, silu_mul=True)
-        assert torch.equal(fused_once, fused.gemv(fused.silu_and_mul(x), w, config=config))
-
-
-def test_mlp_fuses_silu_into_down_gemv(monkeypatch):
-    """The MLP takes the one-kernel path exactly where the down projection would use gemv."""
-    from types import SimpleNamespace
-
-    from folovllm.model_executor.models.qwen2 import Qwen2MLP
-
-    mlp = Qwen2MLP(SimpleNamespace(hidden_size=8, intermediate_size=16))
-    for p in mlp.parameters():
-        p.data.normal_()
-    x = torch.randn(1, 8)
-    ref = mlp(x)  # CPU: F.linear and torch SiLU
-    calls = []
-    monkeypatch.setattr(fused, "use_gemv", lambda x, w: True)
-    monkeypatch.setattr(fused, "gemv", lambda x, w, b, silu_mul=False: calls.append(silu_mul)
-                        or torch.nn.functional.linear(fused.silu_and_mul(x) if silu_mul else x, w))  # fmt: skip
-    monkeypatch.setattr(fused, "use_fused", lambda x: False)
-    torch.testing.assert_close(mlp(x), ref)
-    assert calls == [False, True]  # gate_up, then down with the SiLU-mul inside
-
-
 def test_linear_layer_uses_gemv_for_few_rows(monkeypatch):
     """One row: always; 2-4 rows: only for weights no wider than deep (n <= k)."""
     from folovllm.model_executor.layers.linear import Linear

@@ -5,18 +5,14 @@ At batch 1 a decode step has one query token: the one-pass kernel runs ``num_kv_
 (8 for Qwen3-0.6B) on a GPU with 132 SMs, and each walks the whole context alone. Splitting the
 keys gives ``num_seqs * num_kv_heads * num_splits`` programs that read the cache in parallel.
 
-Grid: (num_seqs, num_kv_heads, num_splits). Split ``j`` of a sequence of length ``L`` covers keys
-``[j * c, min((j + 1) * c, L))`` with ``c = ceil(ceil(L / num_splits) / BLOCK_N) * BLOCK_N``,
-computed on the device from ``seq_lens``, so the grid never depends on the data. Each split
-writes its normalised output ``o_j`` and ``lse_j = m_j + log2(l_j)`` (base 2); an empty split
-writes ``lse_j = -inf``.
+Stage 1 grid: (num_seqs, num_kv_heads, num_splits). Split ``j`` of a sequence of length ``L``
+covers keys ``[j * c, min((j + 1) * c, L))`` with ``c = ceil(ceil(L / num_splits) / BLOCK_N) *
+BLOCK_N``, computed on the device from ``seq_lens``, so the grid never depends on the data. Each
+split writes its normalised output ``o_j`` and ``lse_j = m_j + log2(l_j)`` (base 2); an empty
+split writes ``lse_j = -inf``.
 
-The merge, ``o = sum_j 2^(lse_j - M) o_j / sum_j 2^(lse_j - M)`` with ``M = max_j lse_j`` (exactly
-the softmax over all keys), runs in the same kernel: each split takes a ticket from a counter per
-(sequence, KV head) after its partial result is stored, and the program that draws the last ticket
-merges the group's heads and puts the counter back to 0 (ready for the next launch or graph
-replay). One launch instead of two: at batch 1 the separate merge kernel cost about as much as the
-attention itself (~3 us of launch and latency for ~1 us of work).
+Stage 2 grid: (num_seqs, num_heads): ``o = sum_j 2^(lse_j - M) o_j / sum_j 2^(lse_j - M)`` with
+``M = max_j lse_j``, which is exactly the softmax over all keys.
 """
 
 from __future__ import annotations
@@ -36,8 +32,6 @@ def _split_kv_kernel(
     v_cache_ptr,
     part_out_ptr,  # [num_seqs, num_heads, NUM_SPLITS, HEAD_DIM_PAD] float32
     part_lse_ptr,  # [num_seqs, num_heads, NUM_SPLITS] float32
-    out_ptr,
-    counter_ptr,  # [>= num_seqs * num_kv_heads] int32, zero between launches
     query_start_loc_ptr,
     seq_lens_ptr,
     block_table_ptr,
@@ -48,8 +42,6 @@ def _split_kv_kernel(
     c_stride_block,
     c_stride_token,
     c_stride_head,
-    o_stride_t,
-    o_stride_h,
     num_heads,
     GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,  # >= GROUP and >= 16 (tl.dot), padded rows masked
@@ -124,54 +116,41 @@ def _split_kv_kernel(
         acc,
         mask=row_valid[:, None],
     )
-    # The merge: the last of the sequence's NUM_SPLITS programs for this KV head does it. The
-    # barrier orders every thread's stores before the ticket; acq_rel publishes them to the
-    # program that draws the last ticket and makes that program see all the others'.
-    tl.debug_barrier()
-    counter = counter_ptr + seq * tl.num_programs(1) + kv_head
-    if tl.atomic_add(counter, 1, sem="acq_rel") == NUM_SPLITS - 1:
-        tl.store(counter, 0)
-        for g in range(GROUP):
-            _merge_head(part_out_ptr, part_lse_ptr, out_ptr + token * o_stride_t,
-                        seq * num_heads + kv_head * GROUP + g, kv_head * GROUP + g, o_stride_h,
-                        HEAD_DIM, HEAD_DIM_PAD, NUM_SPLITS)  # fmt: skip
 
 
 @triton.jit
-def _merge_head(part_out_ptr, part_lse_ptr, out_row_ptr, row, head, o_stride_h,
-                HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, NUM_SPLITS: tl.constexpr):  # fmt: skip
-    """One head's output from its NUM_SPLITS partial results (``row``: seq * num_heads + head)."""
+def _merge_kernel(
+    part_out_ptr,
+    part_lse_ptr,
+    out_ptr,
+    query_start_loc_ptr,
+    o_stride_t,
+    o_stride_h,
+    num_heads,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    pdl_wait(PDL)
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    token = tl.load(query_start_loc_ptr + seq).to(tl.int64)
     splits = tl.arange(0, NUM_SPLITS)
     dims = tl.arange(0, HEAD_DIM_PAD)
-    base = row.to(tl.int64) * NUM_SPLITS
-    # .cg: read from L2, never from this SM's L1 (other SMs wrote these in this launch)
-    lse = tl.load(part_lse_ptr + base + splits, cache_modifier=".cg")
+    base = (seq * num_heads + head).to(tl.int64) * NUM_SPLITS
+    lse = tl.load(part_lse_ptr + base + splits)
     m = tl.max(lse, 0)
     m = tl.where(m == float("-inf"), 0.0, m)  # no key at all (padding): output zeros
     w = tl.exp2(lse - m)
-    parts = tl.load(
-        part_out_ptr + (base + splits)[:, None] * HEAD_DIM_PAD + dims[None, :], cache_modifier=".cg"
-    )
+    parts = tl.load(part_out_ptr + (base + splits)[:, None] * HEAD_DIM_PAD + dims[None, :])
     total = tl.sum(w, 0)
     o = tl.sum(w[:, None] * parts, 0) / tl.where(total == 0.0, 1.0, total)
     tl.store(
-        out_row_ptr + head * o_stride_h + dims,
-        o.to(out_row_ptr.dtype.element_ty),
+        out_ptr + token * o_stride_t + head * o_stride_h + dims,
+        o.to(out_ptr.dtype.element_ty),
         mask=dims < HEAD_DIM,
     )
-
-
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _split_counters(device: torch.device, n: int) -> torch.Tensor:
-    """The merge tickets: one int32 per (sequence, KV head), allocated zeroed once per device and
-    left at zero by every launch (so CUDA graphs can replay over the same buffer)."""
-    counters = _COUNTERS.get(device)
-    if counters is None or counters.numel() < n:
-        counters = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        _COUNTERS[device] = counters
-    return counters
 
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, num_sms: int, max_splits: int = 64) -> int:
@@ -215,8 +194,6 @@ def split_kv_decode(
         v_cache,
         part_out,
         part_lse,
-        out,
-        _split_counters(q.device, num_seqs * num_kv_heads),
         query_start_loc,
         seq_lens,
         block_table,
@@ -227,8 +204,6 @@ def split_kv_decode(
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
-        out.stride(0),
-        out.stride(1),
         num_heads,
         GROUP=group,
         BLOCK_M=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
@@ -239,6 +214,19 @@ def split_kv_decode(
         NUM_SPLITS=num_splits,
         IEEE=q.dtype == torch.float32,
         **extra,
+        **pdl_args(q),
+    )
+    _merge_kernel[(num_seqs, num_heads)](
+        part_out,
+        part_lse,
+        out,
+        query_start_loc,
+        out.stride(0),
+        out.stride(1),
+        num_heads,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=head_dim_pad,
+        NUM_SPLITS=num_splits,
         **pdl_args(q),
     )
     return out

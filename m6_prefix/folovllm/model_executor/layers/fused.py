@@ -6,8 +6,7 @@ cast back, ...), each reading and writing the whole hidden state: a Qwen3-0.6B d
 launches ~60 kernels per layer, and at batch 1 the step is launch-bound, not bandwidth-bound.
 One kernel per layer op reads its inputs once and writes its outputs once; attention's q/k norm and
 RoPE (two copies, two norms, two rotations in torch-op terms) are one kernel too. ``gemv`` replaces
-cuBLAS for linear layers at decode batch sizes <= 4, where a step only streams the weights (and
-computes the MLP's SiLU-mul while loading the down projection's input).
+cuBLAS for linear layers at decode batch sizes <= 4, where a step only streams the weights.
 
 Each kernel rounds where the torch reference rounds (the residual sum, the normalised value
 before the weight multiply, cos/sin and each product in RoPE, silu before the multiply), so in
@@ -162,24 +161,10 @@ if triton is not None:
         tl.store(out_ptr + row * out_stride + cols, (silu * up).to(dt), mask=mask)
 
     @triton.jit
-    def _gemv_x(x_ptr, m, k, M, K, x_stride, SILU_MUL: tl.constexpr):
-        """Columns ``k`` of the GEMV's input rows ``m`` in float32; with SILU_MUL the input is
-        [gate | up] (2K wide) and this is silu(gate) * up, rounded as _silu_and_mul_kernel does."""
-        mask = (m[:, None] < M) & (k[None, :] < K)
-        rows = x_ptr + m[:, None] * x_stride + k[None, :]
-        x = tl.load(rows, mask=mask)
-        if SILU_MUL:
-            dt = x_ptr.dtype.element_ty
-            gate = x.to(tl.float32)
-            silu = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
-            x = (silu * tl.load(rows + K, mask=mask).to(tl.float32)).to(dt)
-        return x.to(tl.float32)
-
-    @triton.jit
     def _gemv_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, x_stride, w_stride, y_stride,
-        HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m = tl.arange(0, BLOCK_M)
@@ -192,8 +177,11 @@ if triton is not None:
         # Products are summed elementwise across tiles and reduced across lanes once at the end.
         acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            x = _gemv_x(x_ptr, m, k0 + kk, M, K, x_stride, SILU_MUL)
-            acc3 += x[:, None, :] * w.to(tl.float32)[None, :, :]
+            k = k0 + kk
+            x = tl.load(
+                x_ptr + m[:, None] * x_stride + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K)
+            )
+            acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
             k = k0 + BLOCK_K + kk  # the next tile (masked out past K)
             w = tl.load(w_rows + k[None, :], mask=(n[:, None] < N) & (k[None, :] < K))
         acc = tl.sum(acc3, axis=2)
@@ -313,9 +301,15 @@ def use_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def gemv_config(n: int, k: int, m: int = 1) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps): a few whole rows per program, 1,024 columns per load, two
-    warps (the sweep's best or within 5% of it on Qwen3-0.6B's four projections)."""
-    return (1 if m == 1 and n <= 2048 else 2), 1024, 2
+    """(BLOCK_N, BLOCK_K, num_warps), from benchmarks/gemv_bench.py --sweep on an H100 (weights not
+    in L2, PDL on; s5_gemv_h100.json). One row: wide outputs (qkv, gate_up) take four rows per
+    one-warp program; narrow ones (o, down) read 2,048 columns per load. 2-4 rows: two rows of
+    1,024 columns per two-warp program (the earlier H200 sweep)."""
+    if m > 1:
+        return 2, 1024, 2
+    if n > k:  # qkv 4096 x 1024, gate_up 6144 x 1024
+        return 4, (1024 if n <= 4096 else 512), 1
+    return (4, 2048, 2) if k <= 2048 else (1, 2048, 4)  # o 1024 x 2048, down 1024 x 3072
 
 
 def gemv(
@@ -323,28 +317,23 @@ def gemv(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     config: tuple[int, int, int] | None = None,
-    silu_mul: bool = False,
 ) -> torch.Tensor:
     """``F.linear`` for a few rows (decode at batch <= 4): bound by reading the weight once.
 
     cuBLAS picks small-tile GEMM kernels for M = 1 that read narrow weights (o_proj, down_proj) at
     8-20% of the copy bandwidth; here each program reads BLOCK_N whole weight rows with wide
-    contiguous loads and accumulates in float32 (rounded once, as F.linear does).
-    ``silu_mul``: ``x`` is [gate | up] and the input is ``silu_and_mul(x)``, computed while loading
-    (the MLP's down projection without the separate SiLU kernel; the same rounding)."""
+    contiguous loads and accumulates in float32 (rounded once, as F.linear does)."""
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    m, n = x2.shape[0], weight.shape[0]
-    k = x2.shape[1] // 2 if silu_mul else x2.shape[1]
-    assert weight.shape[1] == k, f"gemv: weight {tuple(weight.shape)} for an input of width {k}"
+    (m, k), n = x2.shape, weight.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     block_n, block_k, warps = config or gemv_config(n, k, m)
     if m:
         _gemv_kernel[(triton.cdiv(n, block_n),)](
             x2, weight, bias if bias is not None else weight, y, m, n, k,
             x2.stride(0), weight.stride(0), y.stride(0),
-            HAS_BIAS=bias is not None, SILU_MUL=silu_mul, BLOCK_M=triton.next_power_of_2(max(m, 1)),
+            HAS_BIAS=bias is not None, BLOCK_M=triton.next_power_of_2(max(m, 1)),
             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **pdl_args(x),
         )  # fmt: skip
     return y.view(*x.shape[:-1], n)

@@ -78,11 +78,7 @@ class Qwen2MLP(nn.Module):
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up, down = self.gate_up_proj(x), self.down_proj
-        # m4: SiLU-mul inside the down GEMV, one kernel (m7: dense layers only)
-        if down.quant_method is None and fused.use_gemv(gate_up, down.weight):
-            return fused.gemv(gate_up, down.weight, down.bias, silu_mul=True)
-        return down(self.act_fn(gate_up))
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
 class Qwen2DecoderLayer(nn.Module):

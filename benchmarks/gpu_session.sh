@@ -2,7 +2,7 @@
 # One device call (see the device tool's README): checks, then times, every variant; JSON under $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu_session.sh [m1] [m2] [m3] [m4check] [m4] [m5check] [m5]
 #   [m6check] [m6] [graphtest] [prefill] [m7check] [m7kernel] [m7] [fastpath] [before] [fast] [final] [peer]
-#   [s5check] [s5lat] [s5tput] [s5b]
+#   [s5check] [s5lat] [s5tput] [s5b] [s5c] [s5final]
 #   (default: m1 m2 m3)
 set -u
 export PYTHONUNBUFFERED=1
@@ -192,24 +192,89 @@ for job in "${jobs[@]}"; do
   s5b)  # session 5, second call: the kernel GPU tests of m7 (split-KV with the merge in-kernel,
         # GEMV, PDL), the GEMV vs cuBLAS (snapshot's kernel, then ours with a one-row sweep), then
         # snapshot vs m7 now: batch-1 latency, the nano-vllm workload, a batch-1 kernel profile.
-    (cd m7_gptq && PYTHONPATH=. python3 -m pytest tests/test_gpu.py tests/test_fused.py \
+    N=${NOW:-m7_gptq}  # m7 as committed (a snapshot under .snap/) or the working tree's
+    (cd "$N" && PYTHONPATH=. python3 -m pytest tests/test_gpu.py tests/test_fused.py \
         tests/test_kernels.py tests/test_async.py -m gpu -q -p no:cacheprovider 2>&1 | tail -n 4) \
         || echo "m7 kernel GPU tests FAILED"
     B=$(ls -d .snap/m7_* | head -n 1)
     python3 benchmarks/gemv_bench.py --milestone "$B" --out "$OUT/s5_gemv_before.json" 2>&1 \
         | grep -E "M=1|copy" || echo "gemv before FAILED"
-    python3 benchmarks/gemv_bench.py --milestone m7 --sweep --out "$OUT/s5_gemv.json" 2>&1 \
+    python3 benchmarks/gemv_bench.py --milestone "$N" --sweep --out "$OUT/s5_gemv.json" 2>&1 \
         | grep -E "M=1|copy|SiLU" || echo "gemv FAILED"
     L=(--input-len 128 --output-len 256 --num-iters 3)
-    for v in "before:$B" "m7:m7"; do
+    for v in "before:$B" "m7:$N"; do
       IFS=: read -r name ms <<< "$v"
       python3 benchmarks/latency_test.py --milestone "$ms" "${M[@]}" "${L[@]}" \
           --out "$OUT/s5b_${name}_latency.json" 2>&1 | grep -E "^folovllm|floor"
       python3 benchmarks/throughput_test.py --milestone "$ms" "${M[@]}" \
           --out "$OUT/s5b_${name}_throughput.json" 2>&1 | grep -E "tok/s|floor" | head -n 2
     done
-    python3 benchmarks/step_profile.py --milestone m7 "${M[@]}" --batch 1 --context 256 --steps 30 \
+    python3 benchmarks/step_profile.py --milestone "$N" "${M[@]}" --batch 1 --context 256 --steps 30 \
         --top 12 --kernels --out "$OUT/s5b_m7_kernels_b1.json" 2>&1 | grep -E "timeline|kernels:" ;;
+  s5c)  # session 5, third call: the in-kernel split-KV merge timed against the separate merge
+        # kernel (.snap/m7v3 vs .snap/m7v2, both with PDL and the tuned GEMV) beside the session's
+        # start (.snap/m7_*); the faster one then gets m7's whole GPU set, greedy vs transformers
+        # and the nano-vllm workload beside the start.
+    B=$(ls -d .snap/m7_* | head -n 1)
+    L=(--input-len 128 --output-len 256 --num-iters 3)
+    for v in "before:$B" "v2:.snap/m7v2" "v3:.snap/m7v3"; do
+      IFS=: read -r name ms <<< "$v"
+      python3 benchmarks/latency_test.py --milestone "$ms" "${M[@]}" "${L[@]}" \
+          --out "$OUT/s5c_${name}_latency.json" 2>&1 | grep -E "^folovllm|floor"
+    done
+    W=$(python3 -c "import json, sys; t = {v: json.load(open(f'$OUT/s5c_{v}_latency.json'))['results']['folovllm']['tpot_s'] for v in ('v2', 'v3')}; print(min(t, key=t.get))")
+    echo "faster: $W"
+    (cd ".snap/m7$W" && PYTHONPATH=. python3 -m pytest tests -m gpu -q -p no:cacheprovider 2>&1 \
+        | tail -n 3) || echo "m7 GPU tests FAILED"
+    for opt in "--dtype float32" "--dtype bfloat16"; do
+      python3 benchmarks/gpu_check.py --milestone ".snap/m7$W" --attention-backend triton $opt \
+          2>&1 | tail -n 2 || echo "gpu_check $opt: mismatch beyond near-ties"
+    done
+    for v in "before:$B" "$W:.snap/m7$W"; do
+      IFS=: read -r name ms <<< "$v"
+      python3 benchmarks/throughput_test.py --milestone "$ms" "${M[@]}" \
+          --out "$OUT/s5c_${name}_throughput.json" 2>&1 | grep -E "tok/s|floor" | head -n 2
+    done ;;
+  s5final)  # session 5's closing call, in order of need: m7 now (NOW=.snap/<copy of m7 as
+             # committed>) passes the async and graph GPU tests; the snapshot of the session's start
+             # vs m7 now on the nano-vllm workload, batch-256 timeline and batch-1 latency; the
+             # issue's tuning sweep: max_num_batched_tokens 2048 / 16384 (default 8192), and
+             # max_num_seqs 256 vs 512 on a 512-request workload. Each JSON goes into s5final.tar as
+             # soon as it is written, so a call cut short still brings back what ran.
+    N=${NOW:-m7_gptq}
+    B=$(ls -d .snap/m7_* | head -n 1)
+    keep() { [ -f "$OUT/$1" ] && tar rf "$OUT/s5final.tar" -C "$OUT" "$1" && rm "$OUT/$1"; }
+    (cd "$N" && PYTHONPATH=. timeout 150 python3 -m pytest tests/test_async.py tests/test_gpu.py \
+        -m gpu -q -p no:cacheprovider 2>&1 | tail -n 2) || echo "m7 async/graph GPU tests FAILED"
+    L=(--input-len 128 --output-len 256 --num-iters 3)
+    for v in "before:$B" "final:$N"; do
+      IFS=: read -r name ms <<< "$v"
+      timeout 120 python3 benchmarks/throughput_test.py --milestone "$ms" "${M[@]}" \
+          --out "$OUT/s5f_${name}_throughput.json" 2>&1 | grep -E "tok/s|floor" | head -n 2
+      keep "s5f_${name}_throughput.json"
+      timeout 100 python3 benchmarks/step_profile.py --milestone "$ms" "${M[@]}" --batch 256 \
+          --context 512 --steps 20 --top 8 --out "$OUT/s5f_${name}_step_profile.json" 2>&1 \
+          | grep -E "timeline" || echo "$name profile FAILED"
+      keep "s5f_${name}_step_profile.json"
+    done
+    for mnbt in 2048 16384; do
+      timeout 120 python3 benchmarks/throughput_test.py --milestone "$N" "${M[@]}" \
+          --max-num-batched-tokens $mnbt --out "$OUT/s5f_mnbt${mnbt}_throughput.json" 2>&1 \
+          | grep -E "tok/s" | head -n 1
+      keep "s5f_mnbt${mnbt}_throughput.json"
+    done
+    for mns in 256 512; do
+      timeout 150 python3 benchmarks/throughput_test.py --milestone "$N" "${M[@]}" --num-seqs 512 \
+          --batch-size $mns --out "$OUT/s5f_512req_mns${mns}_throughput.json" 2>&1 \
+          | grep -E "tok/s" | head -n 1
+      keep "s5f_512req_mns${mns}_throughput.json"
+    done
+    for v in "before:$B" "final:$N"; do
+      IFS=: read -r name ms <<< "$v"
+      timeout 90 python3 benchmarks/latency_test.py --milestone "$ms" "${M[@]}" "${L[@]}" \
+          --out "$OUT/s5f_${name}_latency.json" 2>&1 | grep -E "^folovllm"
+      keep "s5f_${name}_latency.json"
+    done ;;
   before)  # the fast path's "before": an earlier snapshot of a milestone carried in .snap/NAME
     for snap in .snap/*; do
       python3 benchmarks/throughput_test.py --milestone "$snap" "${M[@]}" \

@@ -70,6 +70,12 @@ def main() -> None:
         "--batch-size", type=int, default=None, help="max_batch_size (max_num_seqs); m2+"
     )
     ap.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="tokens per step; m2+ (default: the engine's)",
+    )
+    ap.add_argument(
         "--max-model-len", type=int, default=None, help="default: longest prompt + output"
     )
     ap.add_argument("--kv-cache-memory-gb", type=float, default=None)
@@ -95,7 +101,8 @@ def main() -> None:
         **engine_options(args),
     )
     if has_milestone("m2_batching"):
-        options.update(max_batch_size=args.batch_size, kv_cache_memory_gb=args.kv_cache_memory_gb)
+        options.update(max_batch_size=args.batch_size, kv_cache_memory_gb=args.kv_cache_memory_gb,
+                       max_num_batched_tokens=args.max_num_batched_tokens)  # fmt: skip
     elif args.batch_size not in (None, 1):
         raise SystemExit(f"{fv.MILESTONE} runs one request at a time: drop --batch-size")
     llm = fv.LLM(**options)

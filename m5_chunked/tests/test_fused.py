@@ -220,3 +220,21 @@ def test_gemv_bf16_real_shapes(rows):
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
         ref = torch.nn.functional.linear(x.float(), w.float())
         torch.testing.assert_close(fused.gemv(x, w).float(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_pdl_is_off_on_a_cpu_and_by_environment(monkeypatch):
+    """Programmatic dependent launch only for CUDA tensors (never in the interpreter); the kernels'
+    ``PDL`` constexpr is False and no ``launch_pdl`` option is passed otherwise."""
+    from folovllm import triton_utils
+
+    x = torch.zeros(1)
+    assert not triton_utils.use_pdl(x)
+    assert triton_utils.pdl_args(x) == {"PDL": False}
+    monkeypatch.setenv("FOLOVLLM_PDL", "0")
+    triton_utils._pdl_device.cache_clear()
+    try:
+        if torch.cuda.is_available():
+            assert triton_utils.pdl_args(torch.zeros(1, device="cuda")) == {"PDL": False}
+    finally:
+        monkeypatch.delenv("FOLOVLLM_PDL")
+        triton_utils._pdl_device.cache_clear()

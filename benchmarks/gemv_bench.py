@@ -100,7 +100,9 @@ def main() -> None:
                   f"({r['cublas_gb_s']:5.0f} GB/s) -> {r['speedup']:.2f}x, err {err:.3g}"
                   + (f"; best {best[0]} {best[1]:.2f} us ({t_cublas / best[1]:.2f}x)" if best else ""))  # fmt: skip
         if name == "down" and "silu_mul" in inspect.signature(fused.gemv).parameters:
-            # The MLP's SiLU-mul inside the down GEMV vs the two kernels it replaces, one row.
+            # The MLP's SiLU-mul inside the down GEMV vs the two kernels it replaces, one row. Only
+            # for code whose gemv takes silu_mul (commit 75dfeda: slower, so 166f9c9 removed it;
+            # m4_gemv_h100.json keeps the timing).
             gate_up = torch.randn(1, 2 * k, device="cuda", dtype=torch.bfloat16)
             two = cold_time_us(torch, lambda x, w: fused.gemv(fused.silu_and_mul(x), w),
                                weights, gate_up)  # fmt: skip

@@ -73,6 +73,16 @@ def test_tokens_and_output_metrics():
     assert RequestOutput.from_request(make()).finish_reason is None
 
 
+def test_num_tokens_follows_appended_tokens():
+    # num_tokens is a plain int kept by append_output_token (read per request per step).
+    req = make()
+    assert req.num_tokens == len(req.all_token_ids) == 3
+    for t in (7, 8, 9):
+        req.append_output_token(t)
+        assert req.num_tokens == len(req.all_token_ids)
+    assert req.num_tokens == 6
+
+
 def test_eos_ids_accept_one_or_several():
     sp = SamplingParams()
     assert Request("a", None, [1], sp, eos_token_id=5).eos_token_ids == {5}

@@ -78,6 +78,10 @@ class Request:
             self.eos_token_ids = frozenset(eos_token_id)
         self.status = RequestStatus.WAITING
         self.output_token_ids: list[int] = []
+        # len(prompt_token_ids) + len(output_token_ids) as a plain int, not a property: the
+        # scheduler and the runner read it several times per request in every step. Output tokens
+        # are only added by append_output_token, which keeps it up to date.
+        self.num_tokens = len(self.prompt_token_ids)
         self.output_text = ""
         # Tokens whose K/V are already in the cache (vLLM v1's num_computed_tokens).
         self.num_computed_tokens = 0
@@ -100,10 +104,6 @@ class Request:
         return len(self.output_token_ids)
 
     @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
-
-    @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 
@@ -113,6 +113,7 @@ class Request:
             self.first_token_time = now
         self.last_token_time = now
         self.output_token_ids.append(token_id)
+        self.num_tokens += 1
 
     # -- state machine --------------------------------------------------------------------------
     @property

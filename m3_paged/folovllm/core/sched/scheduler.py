@@ -131,7 +131,9 @@ class Scheduler:
 
     # -- KV accounting --------------------------------------------------------------------------
     def kv_usage(self, so: SchedulerOutput | None = None) -> tuple[int, int]:
-        """(tokens whose K/V are stored, token slots reserved), counting ``so``'s tokens as stored."""
-        pending = so.num_scheduled_tokens if so is not None else {}
-        used = sum(r.num_computed_tokens + pending.get(r.request_id, 0) for r in self.running)
+        """(tokens whose K/V are stored, token slots reserved), counting ``so``'s tokens as stored
+        (``so``: the step just scheduled)."""
+        used = sum(r.num_computed_tokens for r in self.running)
+        if so is not None:  # its requests are all running: one sum, not a lookup per request
+            used += so.total_num_scheduled_tokens
         return used, self.kv_cache_manager.num_reserved_tokens()

@@ -93,9 +93,9 @@ class Scheduler:
             budget -= n
         finished, self.finished_req_ids = self.finished_req_ids, set()
         preempted_ids, self.preempted_req_ids = self.preempted_req_ids, set()
-        tables = {
-            r.request_id: self.kv_cache_manager.get_block_ids(r.request_id) for r in scheduled
-        }
+        # m4: the cache manager's live dict of block ids (every request holding blocks), not a
+        # new dict per step; the runner reads the scheduled requests' tables before the next step.
+        tables = self.kv_cache_manager.req_to_block_ids
         return SchedulerOutput(scheduled, num_tokens, tables, finished, preempted_ids)
 
     @staticmethod
@@ -177,7 +177,9 @@ class Scheduler:
 
     # -- KV accounting --------------------------------------------------------------------------
     def kv_usage(self, so: SchedulerOutput | None = None) -> tuple[int, int]:
-        """(tokens whose K/V are stored, token slots reserved), counting ``so``'s tokens as stored."""
-        pending = so.num_scheduled_tokens if so is not None else {}
-        used = sum(r.num_computed_tokens + pending.get(r.request_id, 0) for r in self.running)
+        """(tokens whose K/V are stored, token slots reserved), counting ``so``'s tokens as stored
+        (``so``: the step just scheduled)."""
+        used = sum(r.num_computed_tokens for r in self.running)
+        if so is not None:  # its requests are all running: one sum, not a lookup per request
+            used += so.total_num_scheduled_tokens
         return used, self.kv_cache_manager.num_reserved_tokens()

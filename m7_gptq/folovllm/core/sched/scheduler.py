@@ -110,16 +110,18 @@ class Scheduler:
             budget -= n
         finished, self.finished_req_ids = self.finished_req_ids, set()
         preempted_ids, self.preempted_req_ids = self.preempted_req_ids, set()
-        tables = {
-            r.request_id: self.kv_cache_manager.get_block_ids(r.request_id) for r in scheduled
-        }
+        # m4: the cache manager's live dict of block ids (every request holding blocks), not a
+        # new dict per step; the runner reads the scheduled requests' tables before the next step.
+        tables = self.kv_cache_manager.req_to_block_ids
         return SchedulerOutput(scheduled, num_tokens, tables, finished, preempted_ids)
 
     def _num_new_tokens(self, req: Request, budget: int, num_hit: int = 0) -> int:
         """Tokens to compute for ``req`` this step: all it has left (after ``num_hit`` cached
         ones), or with chunking a chunk."""
         n = req.num_tokens + req.num_output_placeholders - req.num_computed_tokens - num_hit
-        if self.chunked:
+        # One token (a decode) needs no min() per step: the running loop keeps budget >= 1, and
+        # at budget 0 the waiting loop stops whether n is 1 or 0.
+        if self.chunked and n > 1:
             n = min(n, budget, self.threshold or n)
         return n
 
@@ -200,7 +202,9 @@ class Scheduler:
 
     # -- KV accounting --------------------------------------------------------------------------
     def kv_usage(self, so: SchedulerOutput | None = None) -> tuple[int, int]:
-        """(tokens whose K/V are stored, token slots reserved), counting ``so``'s tokens as stored."""
-        pending = so.num_scheduled_tokens if so is not None else {}
-        used = sum(r.num_computed_tokens + pending.get(r.request_id, 0) for r in self.running)
+        """(tokens whose K/V are stored, token slots reserved), counting ``so``'s tokens as stored
+        (``so``: the step just scheduled)."""
+        used = sum(r.num_computed_tokens for r in self.running)
+        if so is not None:  # its requests are all running: one sum, not a lookup per request
+            used += so.total_num_scheduled_tokens
         return used, self.kv_cache_manager.num_reserved_tokens()

@@ -53,7 +53,7 @@ def run(engine: LLMEngine, params: list[SamplingParams], abort_after: int | None
             done[ids[3]] = engine.abort_request(ids[3])
     pool = engine.kv_cache_manager.block_pool
     assert pool.num_free_blocks == pool.num_blocks, "leaked KV blocks"
-    assert not engine.requests and engine.in_flight is None
+    assert not engine.requests and engine.in_flight is None and engine.num_penalized == 0
     return [done[i] for i in ids], sum(fills)
 
 

@@ -59,6 +59,9 @@ class LLMEngine:
         self.kv_cache_manager = KVCacheManager(self.runner.num_blocks, self.runner.block_size)
         self.scheduler = Scheduler(self.scheduler_config, self.kv_cache_manager, self.max_model_len)
         self.requests: dict[str, Request] = {}
+        # How many of them have a repetition penalty: while none do, step() need not look through
+        # each batch for one (a loop over every request, every step).
+        self.num_penalized = 0
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.stats = EngineStats()
         self._ids = itertools.count()
@@ -67,6 +70,7 @@ class LLMEngine:
         if self.async_scheduling is None:  # default: overlap where there is a GPU to overlap with
             self.async_scheduling = self.runner.device.type == "cuda"
         self.in_flight: tuple[SchedulerOutput, AsyncModelRunnerOutput] | None = None
+        self.in_flight_penalized = False  # a request of the step in flight has the penalty
 
     # -- requests -------------------------------------------------------------------------------
     def add_request(
@@ -109,6 +113,8 @@ class LLMEngine:
             raise ValueError("stop strings need a tokenizer; this model directory has none")
         req = Request(request_id, text, token_ids, params, eos_token_id=self.eos_token_ids)
         self.requests[request_id] = req
+        if params.repetition_penalty != 1.0:
+            self.num_penalized += 1
         self.detokenizers[request_id] = IncrementalDetokenizer(
             self.tokenizer, token_ids, params.stop_list
         )
@@ -147,11 +153,15 @@ class LLMEngine:
             self.stats.record_step(so, self.scheduler.kv_usage(so))
             return self._apply(so, out)
         outputs = []
-        if self.in_flight is not None and any(
-            r.sampling_params.repetition_penalty != 1.0 for r in self.in_flight[0].scheduled
-        ):  # the penalty reads every earlier token on the host: wait for them first
+        if self.in_flight is not None and self.in_flight_penalized:
+            # the penalty reads every earlier token on the host: wait for them first
             outputs, self.in_flight = self._apply(*self.in_flight), None
         so = self.scheduler.schedule()
+        # Found now, while every request of ``so`` is unfinished and so counted in num_penalized
+        # (no loop while that is 0); by the next step one of them may have finished.
+        penalized = self.num_penalized > 0 and any(
+            r.sampling_params.repetition_penalty != 1.0 for r in so.scheduled
+        )
         launched = self.runner.execute_model_async(so)
         if not so.is_empty:
             self.stats.record_step(so, self.scheduler.kv_usage(so))
@@ -159,6 +169,7 @@ class LLMEngine:
         if self.in_flight is not None:
             outputs += self._apply(*self.in_flight)
         self.in_flight = None if so.is_empty else (so, launched)
+        self.in_flight_penalized = penalized
         return outputs
 
     def _apply(
@@ -199,6 +210,8 @@ class LLMEngine:
         return outputs
 
     def _pop_output(self, req: Request) -> RequestOutput:
-        self.requests.pop(req.request_id, None)
+        popped = self.requests.pop(req.request_id, None) is not None
+        if popped and req.sampling_params.repetition_penalty != 1.0:
+            self.num_penalized -= 1
         self.detokenizers.pop(req.request_id, None)
         return RequestOutput.from_request(req)

@@ -281,6 +281,35 @@ def test_triton_backend_chunked_equals_chunking_off(unchunked):
     assert generate(model, max_num_batched_tokens=16, attention_backend="triton")[0] == want
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_sample_idx_is_the_per_request_rule(tiny_qwen3, async_scheduling):
+    """The rows that sample, found with numpy by each ``InputBatch.prepare``, are the requests
+    whose known tokens are all computed after the step, in every step (chunks and decodes mixed)."""
+    engine = LLMEngine(EngineConfig(model=str(tiny_qwen3), device="cpu", max_model_len=128,
+                                    max_num_batched_tokens=16,
+                                    async_scheduling=async_scheduling))  # fmt: skip
+    runner, partial_steps = engine.runner, []
+    forward = runner._forward
+
+    def checked_forward(so):
+        hidden = forward(so)
+        want = [
+            i
+            for i, r in enumerate(so.scheduled)
+            if r.num_computed_tokens + so.num_scheduled_tokens[r.request_id] >= r.num_tokens
+        ]
+        assert runner.input_batch.sample_idx.tolist() == want
+        partial_steps.append(len(want) < len(so.scheduled))
+        return hidden
+
+    runner._forward = checked_forward
+    for p, m in zip(PROMPTS, MAX_TOKENS):
+        engine.add_request(p, SamplingParams(temperature=0, max_tokens=m, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert any(partial_steps) and not all(partial_steps)
+
+
 def test_partial_prefill_rows_are_not_sampled_and_keep_their_rng(tiny_qwen3):
     """A seeded random request gives the same tokens chunked or not: its RNG never advanced on
     a partial prefill (and no other row's randomness leaked into it)."""

@@ -146,7 +146,8 @@ class InputBatch:
             padded_reqs, padded_tokens = self.max_num_reqs + 1, pad_tokens_to
         if padded_tokens > self.max_num_tokens or padded_reqs > self.max_num_reqs + 1:
             raise RuntimeError("step larger than the input buffers")
-        known = np.array(self.num_tokens)[token_rows]  # tokens each row holds on the host
+        row_tokens = np.array(self.num_tokens)[rows]  # tokens each request's row holds (host)
+        known = row_tokens[req_of_token]
         ph = np.flatnonzero(positions >= known)  # ids still on the GPU
         if len(ph) and in_flight is None:
             raise RuntimeError("a step's input token is not known and no step is in flight")

@@ -67,6 +67,7 @@ class InputBatch:
         self.buf = 0  # the host buffer of the last prepared step
         self.dev = torch.zeros(total, dtype=torch.int32, device=device)
         self.num_placeholders = 0  # in the last prepared step
+        self.sample_idx = np.zeros(0, dtype=np.int64)  # m5: its requests that sample, batch order
 
     # -- rows -----------------------------------------------------------------------------------
     def remove(self, req_id: str) -> None:
@@ -146,7 +147,11 @@ class InputBatch:
             padded_reqs, padded_tokens = self.max_num_reqs + 1, pad_tokens_to
         if padded_tokens > self.max_num_tokens or padded_reqs > self.max_num_reqs + 1:
             raise RuntimeError("step larger than the input buffers")
-        known = np.array(self.num_tokens)[token_rows]  # tokens each row holds on the host
+        row_tokens = np.array(self.num_tokens)[rows]  # tokens each request's row holds (host)
+        known = row_tokens[req_of_token]
+        # m5: the requests whose known tokens are all computed after this step sample one; the
+        # others are mid-prompt (vLLM's discard mask, from these arrays: no loop over requests).
+        self.sample_idx = np.flatnonzero(start + n >= row_tokens)
         ph = np.flatnonzero(positions >= known)  # ids still on the GPU
         if len(ph) and in_flight is None:
             raise RuntimeError("a step's input token is not known and no step is in flight")

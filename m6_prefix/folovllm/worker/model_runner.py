@@ -380,19 +380,16 @@ class ModelRunner:
             return none
         hidden, reqs = self._forward(so), so.scheduled
         # m5: a row whose prompt is still being chunked yields no token (vLLM's discard mask): it
-        # is not sampled, so its seeded RNG does not advance and no stop check sees it.
-        done = [
-            i
-            for i, r in enumerate(reqs)
-            if r.num_computed_tokens + so.num_scheduled_tokens[r.request_id] >= r.num_tokens
-        ]
+        # is not sampled, so its seeded RNG does not advance and no stop check sees it. The input
+        # batch found the rows that sample while preparing the step.
+        done = self.input_batch.sample_idx
         if len(done) < len(reqs):
-            if not done:
+            if not len(done):
                 return none
-            idx = torch.tensor(done)
+            idx = torch.from_numpy(done)
             if self.device.type == "cuda":  # pinned: a pageable copy would wait for the forward
                 idx = idx.pin_memory().to(self.device, non_blocking=True)
-            hidden, reqs = hidden[idx], [reqs[i] for i in done]
+            hidden, reqs = hidden[idx], [reqs[i] for i in done.tolist()]
         logits = self.model.compute_logits(hidden)
         # A decode batch is usually the same requests as the step before (vLLM's persistent
         # batch): their rows and sampling metadata are then reused, not rebuilt per request.

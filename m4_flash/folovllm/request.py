@@ -44,8 +44,7 @@ _FINISHED = {
 _ALLOWED = {
     RequestStatus.WAITING: {RequestStatus.RUNNING, RequestStatus.FINISHED_ABORTED},
     RequestStatus.RUNNING: {RequestStatus.PREEMPTED} | _FINISHED,
-    # Any finish: under async scheduling a preempted request's last token may arrive after it.
-    RequestStatus.PREEMPTED: {RequestStatus.RUNNING} | _FINISHED,
+    RequestStatus.PREEMPTED: {RequestStatus.RUNNING, RequestStatus.FINISHED_ABORTED},
 }
 
 
@@ -85,8 +84,6 @@ class Request:
         self.output_text = ""
         # Tokens whose K/V are already in the cache (vLLM v1's num_computed_tokens).
         self.num_computed_tokens = 0
-        # m4 async scheduling: tokens sampled by a step still on the GPU (their ids not yet here).
-        self.num_output_placeholders = 0
         self.num_preemptions = 0
         self.arrival_time = time.perf_counter() if arrival_time is None else arrival_time
         self.first_scheduled_time: float | None = None

@@ -44,8 +44,6 @@ LATER_FEATURES: dict[str, tuple[str, tuple[Any, ...]]] = {
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash")
 CUDAGRAPH_MODES = ("full", "decode")
-# kv_cache_dtype -> the cache's element type (None: the model's dtype).
-KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn}
 
 # vLLM's name -> the seed's name (both are accepted; giving both with different values is an error).
 ALIASES = {"max_num_seqs": "max_batch_size"}
@@ -124,7 +122,6 @@ class CacheConfig:
     kv_cache_memory_gb: float | None = None
     num_gpu_blocks: int | None = None
     enable_prefix_caching: bool = False
-    kv_cache_dtype: str = "auto"  # auto: the model's dtype; fp8: float8 e4m3 (m4)
 
 
 @dataclass
@@ -158,12 +155,6 @@ class EngineConfig:
     # m4: "full" replays CUDA graphs for every step up to the largest captured token count
     # (prefill and mixed steps too); "decode" only for decode-only steps. enforce_eager: none.
     cudagraph_mode: str = "full"
-    # m4: schedule and launch step N+1 while step N runs on the GPU; N's sampled ids reach N+1's
-    # inputs on the device. Same tokens as the synchronous engine (greedy and seeded sampling).
-    # None: on for CUDA (where the host's work can hide behind the GPU's), off on a CPU.
-    async_scheduling: bool | None = None
-    # m4: "fp8" stores K/V as float8 e4m3 (scale 1.0): half the bytes, some accuracy lost.
-    kv_cache_dtype: str = "auto"
     # -- later milestones -----------------------------------------------------------------------
     max_batch_size: int | None = None
     max_num_seqs: int | None = None
@@ -239,10 +230,6 @@ class EngineConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.enforce_eager, bool):
             raise ValueError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
-        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
-            raise ValueError(
-                f"async_scheduling must be a bool or None (on for CUDA), got {self.async_scheduling!r}"
-            )
         if self.cudagraph_mode not in CUDAGRAPH_MODES:
             raise ValueError(
                 f"cudagraph_mode must be one of {CUDAGRAPH_MODES}, got {self.cudagraph_mode!r}"
@@ -273,15 +260,6 @@ class EngineConfig:
             or self.num_gpu_blocks < 1
         ):
             raise ValueError(f"num_gpu_blocks must be an integer >= 1, got {self.num_gpu_blocks!r}")
-        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ValueError(
-                f"kv_cache_dtype must be one of {tuple(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"
-            )
-        if self.kv_cache_dtype == "fp8" and self.attention_backend == "flash":
-            raise ValueError(
-                "kv_cache_dtype='fp8' is not supported by attention_backend='flash' (flash-attn 2 "
-                "reads bf16/fp16 caches); use attention_backend='triton' or 'torch'"
-            )
         if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}"
@@ -340,7 +318,6 @@ class EngineConfig:
             gpu_memory_utilization=self.gpu_memory_utilization or defaults.gpu_memory_utilization,
             kv_cache_memory_gb=self.kv_cache_memory_gb,
             num_gpu_blocks=self.num_gpu_blocks,
-            kv_cache_dtype=self.kv_cache_dtype,
         )
 
     @property

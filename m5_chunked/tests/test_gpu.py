@@ -142,23 +142,3 @@ def test_graphs_bf16_match_eager(tiny_model):
     total = sum(len(x) for x in eager)
     print(f"bf16 graphs vs eager: {agree}/{total} tokens agree")
     assert agree / total >= 0.9
-
-
-def test_pdl_same_tokens_bf16(tiny_model, monkeypatch):
-    """Programmatic dependent launch changes when kernels start, never what they compute: bf16
-    tokens with CUDA graphs are identical with PDL on and off (a kernel that read before its
-    ``pdl_wait`` would race with its predecessor and differ)."""
-    from folovllm import triton_utils
-
-    x = torch.empty(1, device="cuda")
-    assert triton_utils.use_pdl(x) == (torch.cuda.get_device_capability()[0] >= 9)
-    on, _ = _tokens(tiny_model, "bfloat16", attention_backend="triton")
-    monkeypatch.setenv("FOLOVLLM_PDL", "0")
-    triton_utils._pdl_device.cache_clear()
-    try:
-        assert not triton_utils.use_pdl(x)
-        off, _ = _tokens(tiny_model, "bfloat16", attention_backend="triton")
-    finally:
-        monkeypatch.delenv("FOLOVLLM_PDL")
-        triton_utils._pdl_device.cache_clear()
-    assert on == off

@@ -252,45 +252,6 @@ def test_find_seq_idx():
     assert out.tolist() == want
 
 
-def test_fp8_cache_write_and_attention():
-    """kv_cache_dtype="fp8": the write rounds to float8 e4m3 (clamped to +-448) and attention
-    over the fp8 cache equals attention over its values widened back (fp32 queries: exact)."""
-    fp8 = torch.float8_e4m3fn
-    g = torch.Generator().manual_seed(3)
-    k = (torch.randn(6, 2, 32, generator=g) * 4).to(DEVICE)
-    k[0, 0, 0] = 1000.0  # beyond e4m3's range: stored as 448
-    v = torch.randn(6, 2, 32, generator=g).to(DEVICE)
-    k_cache = torch.zeros(4, 16, 2, 32, device=DEVICE, dtype=fp8)
-    v_cache = torch.zeros_like(k_cache)
-    slots = torch.tensor([0, 1, 2, 3, 17, 40], device=DEVICE)
-    store_kv(k, v, k_cache, v_cache, slots)
-    got = k_cache.view(-1, 2, 32)[slots].float()
-    want = k.clamp(-448, 448).to(fp8).float()
-    # torch rounds to nearest even; the GPU's cvt too (on a CPU, store_kv casts with torch)
-    assert torch.equal(got, want)
-    assert got[0, 0, 0] == 448.0
-
-    b = make_batch([5, 1], [0, 30], 4, 2, 32, 16, torch.float32)
-    b["k_cache"], b["v_cache"] = b["k_cache"].to(fp8), b["v_cache"].to(fp8)
-    out = run_paged(b, 0.2)
-    widened = dict(b, k_cache=b["k_cache"].float(), v_cache=b["v_cache"].float())
-    torch.testing.assert_close(out.double().cpu(), reference(widened, 0.2), atol=1e-5, rtol=0)
-
-
-def test_torch_reference_clamps_fp8_like_the_kernel():
-    """Outliers beyond e4m3's +-448 are clamped by both backends (torch's cast alone gives NaN)."""
-    from folovllm.attention.backends.torch_attn import TorchAttentionImpl, TorchAttentionMetadata
-
-    cache = torch.zeros(2, 2, 4, 1, 16, dtype=torch.float8_e4m3fn)
-    k = torch.full((1, 1, 16), 1000.0)
-    md = TorchAttentionMetadata(0, [0, 0], [0], torch.zeros(1, 1, dtype=torch.int32),
-                                torch.tensor([5]), prefill_ids=[])  # fmt: skip
-    md.num_actual_tokens = 1
-    TorchAttentionImpl(1, 16, 0.25, 1).forward(torch.zeros(1, 1, 16), k, -k, cache, md)
-    assert cache[0].view(-1, 1, 16)[5].float().eq(448).all()
-    assert cache[1].view(-1, 1, 16)[5].float().eq(-448).all()
-
-
 def test_long_prefill_tiles_only_when_every_query_is_long():
     from folovllm.attention.ops import paged_attention as pa
 

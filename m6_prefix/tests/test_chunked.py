@@ -281,13 +281,11 @@ def test_triton_backend_chunked_equals_chunking_off(unchunked):
     assert generate(model, max_num_batched_tokens=16, attention_backend="triton")[0] == want
 
 
-@pytest.mark.parametrize("async_scheduling", [False, True])
-def test_sample_idx_is_the_per_request_rule(tiny_qwen3, async_scheduling):
+def test_sample_idx_is_the_per_request_rule(tiny_qwen3):
     """The rows that sample, found with numpy by each ``InputBatch.prepare``, are the requests
-    whose known tokens are all computed after the step, in every step (chunks and decodes mixed)."""
+    whose tokens are all computed after the step, in every step (chunks and decodes mixed)."""
     engine = LLMEngine(EngineConfig(model=str(tiny_qwen3), device="cpu", max_model_len=128,
-                                    max_num_batched_tokens=16,
-                                    async_scheduling=async_scheduling))  # fmt: skip
+                                    max_num_batched_tokens=16))  # fmt: skip
     runner, partial_steps = engine.runner, []
     forward = runner._forward
 

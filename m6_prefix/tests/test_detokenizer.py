@@ -73,30 +73,3 @@ def test_stop_string_is_searched_in_the_output_only():
     detok = IncrementalDetokenizer(tok, prompt_ids, ["world"])  # in the prompt, not the output
     assert [detok.update(t) for t in output_ids] == [None] * len(output_ids)
     assert detok.text == " is wide"
-
-
-@pytest.mark.parametrize("kind", ["byte_level_bpe", "sentencepiece_like"])
-def test_catch_up_then_flush_equals_token_by_token(kind):
-    """The end-of-request path (queue the tokens, decode once in ``flush``) gives exactly the
-    text of ``update`` per token + ``flush``, on random tokens (incomplete UTF-8 included)."""
-    import random
-
-    if kind == "byte_level_bpe":
-        from conftest import make_tokenizer
-
-        tok = make_tokenizer(384)
-    else:
-        tok = sentencepiece_like_tokenizer()
-    rng = random.Random(0)
-    for _ in range(40):
-        prompt = [rng.randrange(len(tok)) for _ in range(rng.randrange(1, 9))]
-        output = [rng.randrange(len(tok)) for _ in range(rng.randrange(1, 40))]
-        stepwise = IncrementalDetokenizer(tok, prompt, [])
-        for t in output:
-            stepwise.update(t)
-        stepwise.flush()
-        at_end = IncrementalDetokenizer(tok, prompt, [])
-        at_end.catch_up(output[: len(output) // 2])
-        at_end.catch_up(output)
-        at_end.flush()
-        assert at_end.text == stepwise.text

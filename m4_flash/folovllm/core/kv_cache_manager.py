@@ -20,9 +20,6 @@ class KVCacheManager:
         self.block_size = block_size
         self.block_pool = BlockPool(num_blocks)
         self.req_to_blocks: dict[str, list[KVBlock]] = {}
-        # The same tables as block ids, grown in place: SchedulerOutput hands these lists to the
-        # runner each step without copying them (m4: the step's host work is on the clock).
-        self.req_to_block_ids: dict[str, list[int]] = {}
 
     def allocate_slots(self, request: Request, num_new_tokens: int) -> list[KVBlock] | None:
         """Make room for ``num_new_tokens`` more tokens; None (and nothing taken) if it does not fit."""
@@ -34,21 +31,17 @@ class KVCacheManager:
             if not blocks:
                 del self.req_to_blocks[request.request_id]
             return None
-        new = self.block_pool.allocate(needed)
-        blocks.extend(new)
-        self.req_to_block_ids.setdefault(request.request_id, []).extend(b.block_id for b in new)
+        blocks.extend(self.block_pool.allocate(needed))
         return blocks
 
     def free(self, request: Request) -> None:
         """Give back every block of the request (finish, abort or preemption)."""
         blocks = self.req_to_blocks.pop(request.request_id, [])
-        self.req_to_block_ids.pop(request.request_id, None)
         # Reverse order: the tail blocks are freed first (matters once blocks are cached, m6).
         self.block_pool.free(list(reversed(blocks)))
 
     def get_block_ids(self, request_id: str) -> list[int]:
-        """The request's block table (the live list: read it, don't keep or change it)."""
-        return self.req_to_block_ids.get(request_id, [])
+        return [b.block_id for b in self.req_to_blocks.get(request_id, [])]
 
     def num_reserved_tokens(self) -> int:
         return sum(len(b) for b in self.req_to_blocks.values()) * self.block_size

@@ -4,12 +4,6 @@ Order (as transformers' logits processors): repetition penalty, then temperature
 Greedy rows (temperature 0) take the argmax. Random rows sample with the exponential race
 ``argmax(p / E)``, E ~ Exp(1), which draws from p exactly and lets each seeded request use its own
 generator without a Python loop over the vocabulary.
-
-On CUDA, a batch that needs only temperatures (no top-k/top-p/penalty, no seeded request) runs
-one Triton kernel instead (``ops.sample``): ``log(p / E) = logits / T - log E - log Z`` and the
-normaliser Z is the same for the whole row, so ``argmax(p / E) = argmax(logits / T - log E)``
-(the Gumbel-max trick): no softmax, the logits read once instead of ~8 float32 passes. Its noise
-comes from Philox, not from torch's generators, so seeded requests keep the torch path.
 """
 
 from __future__ import annotations
@@ -19,9 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from folovllm.model_executor.layers import fused
 from folovllm.request import Request
-from folovllm.sample import ops
 
 
 @dataclass
@@ -32,8 +24,10 @@ class SamplingMetadata:
     repetition_penalty: torch.Tensor | None  # [B] float32; 1 = off
     seen_token_ids: list[list[int]] | None  # prompt + output ids per row, for the penalty
     generators: dict[int, torch.Generator] = field(default_factory=dict)  # row -> seeded RNG
-    # Decided from the parameters on the host: asking the GPU would cost a sync every step.
-    all_greedy: bool = False
+
+    @property
+    def all_greedy(self) -> bool:
+        return bool((self.temperature == 0).all())
 
     @classmethod
     def from_requests(
@@ -44,33 +38,24 @@ class SamplingMetadata:
         generators: dict[str, torch.Generator] | None = None,
     ) -> SamplingMetadata:
         ps = [r.sampling_params for r in requests]
-        temperatures = [p.temperature for p in ps]
-        all_greedy = not any(temperatures)
-        temperature = _to_device(temperatures, torch.float32, device)
+        temperature = torch.tensor([p.temperature for p in ps], dtype=torch.float32, device=device)
         top_k = top_p = penalty = seen = None
         if any(p.top_k != -1 for p in ps):
-            top_k = _to_device(
-                [p.top_k if p.top_k != -1 else vocab_size for p in ps], torch.long, device
+            top_k = torch.tensor(
+                [p.top_k if p.top_k != -1 else vocab_size for p in ps], device=device
             )
         if any(p.top_p < 1.0 for p in ps):
-            top_p = _to_device([p.top_p for p in ps], torch.float32, device)
+            top_p = torch.tensor([p.top_p for p in ps], dtype=torch.float32, device=device)
         if any(p.repetition_penalty != 1.0 for p in ps):
-            penalty = _to_device([p.repetition_penalty for p in ps], torch.float32, device)
+            penalty = torch.tensor(
+                [p.repetition_penalty for p in ps], dtype=torch.float32, device=device
+            )
             seen = [r.all_token_ids for r in requests]
         gens = {}
         for i, r in enumerate(requests):
             if generators is not None and r.request_id in generators:
                 gens[i] = generators[r.request_id]
-        return cls(temperature, top_k, top_p, penalty, seen, gens, all_greedy)
-
-
-def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small host list on the device without a sync: a copy from pageable memory waits for the
-    stream (the forward) to finish; from pinned memory it is queued behind it."""
-    host = torch.tensor(values, dtype=dtype)
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
+        return cls(temperature, top_k, top_p, penalty, seen, gens)
 
 
 def apply_repetition_penalty(
@@ -106,14 +91,6 @@ def apply_top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
         """logits: [B, vocab] -> token ids [B]."""
-        if (
-            fused.use_fused(logits)  # one Triton kernel (m4)
-            and md.top_k is None
-            and md.top_p is None
-            and md.repetition_penalty is None
-            and not md.generators
-        ):
-            return ops.sample(logits, md.temperature)
         logits = logits.float()
         if md.repetition_penalty is not None:
             logits = apply_repetition_penalty(logits, md.repetition_penalty, md.seen_token_ids)

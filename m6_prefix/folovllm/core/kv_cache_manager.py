@@ -88,11 +88,10 @@ class KVCacheManager:
 
         This runs when the slots are allocated, before the step writes them: safe because every
         backend writes the step's K/V before attending, and any later step that hits or reuses
-        the block runs after this one on the GPU's stream (async scheduling too). A block whose
-        last token is still in flight (async: its id is not known yet) is cached a step later."""
+        the block runs after this one on the GPU's stream."""
         start, end = (
             self.num_cached_blocks.get(request.request_id, 0),
-            min(num_tokens, request.num_tokens) // self.block_size,
+            num_tokens // self.block_size,
         )
         if end > start:
             hashes = update_block_hashes(request, self.block_size)

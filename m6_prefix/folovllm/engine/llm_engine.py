@@ -2,11 +2,6 @@
 
 m2 hands the choice of what runs in each step to the Scheduler (continuous batching): many requests
 share every step, and a finished one is replaced at the next step.
-
-m4 ``async_scheduling``: each ``step()`` schedules and launches step N+1 first, then waits for
-step N's tokens and applies them, so the host's work overlaps the GPU's. A request that stops on
-EOS or a stop string at N has already been given a row in N+1, whose token is dropped: one
-wasted row per such request. A stop by length is known ahead and costs nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ import logging
 
 from folovllm.config import EngineConfig, resolve_scheduler_config
 from folovllm.core.kv_cache_manager import KVCacheManager
-from folovllm.core.sched.output import SchedulerOutput
 from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.detokenizer import IncrementalDetokenizer
 from folovllm.metrics.stats import EngineStats
@@ -28,7 +22,7 @@ from folovllm.model_executor.model_loader import (
 from folovllm.outputs import RequestOutput
 from folovllm.request import Request, RequestStatus
 from folovllm.sampling_params import SamplingParams
-from folovllm.worker.model_runner import AsyncModelRunnerOutput, ModelRunner, ModelRunnerOutput
+from folovllm.worker.model_runner import ModelRunner, ModelRunnerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +57,10 @@ class LLMEngine:
         )
         self.scheduler = Scheduler(self.scheduler_config, self.kv_cache_manager, self.max_model_len)
         self.requests: dict[str, Request] = {}
-        # How many of them have a repetition penalty: while none do, step() need not look through
-        # each batch for one (a loop over every request, every step).
-        self.num_penalized = 0
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.stats = EngineStats()
         self._ids = itertools.count()
         self.last_runner_output: ModelRunnerOutput | None = None
-        self.async_scheduling = config.async_scheduling
-        if self.async_scheduling is None:  # default: overlap where there is a GPU to overlap with
-            self.async_scheduling = self.runner.device.type == "cuda"
-        self.in_flight: tuple[SchedulerOutput, AsyncModelRunnerOutput] | None = None
-        self.in_flight_penalized = False  # a request of the step in flight has the penalty
 
     # -- requests -------------------------------------------------------------------------------
     def add_request(
@@ -120,8 +106,6 @@ class LLMEngine:
             request_id, text, token_ids, params, self.eos_token_ids, cache_salt=cache_salt
         )
         self.requests[request_id] = req
-        if params.repetition_penalty != 1.0:
-            self.num_penalized += 1
         self.detokenizers[request_id] = IncrementalDetokenizer(
             self.tokenizer, token_ids, params.stop_list
         )
@@ -134,15 +118,11 @@ class LLMEngine:
         if req is None or req.is_finished:
             return None
         self.scheduler.finish_requests([req], RequestStatus.FINISHED_ABORTED)
-        detok = self.detokenizers[request_id]
-        detok.catch_up(req.output_token_ids)  # the text of what was generated before the abort
-        detok.flush()
-        req.output_text = detok.text
         self.stats.record_finished(req)
         return self._pop_output(req)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self.in_flight is not None
+        return self.scheduler.has_unfinished_requests()
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix (m6); False, and nothing forgotten, while requests run."""
@@ -162,60 +142,22 @@ class LLMEngine:
 
     # -- one step -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one model step; return the outputs of requests that finished in it (async: of
-        requests that finished in the step before, which ran while this one was prepared)."""
-        if not self.async_scheduling:
-            so = self.scheduler.schedule()
-            # Runs even when nothing is scheduled, so the runner forgets finished requests' state.
-            out = self.runner.execute_model(so)
-            if so.is_empty:
-                return []
-            self.stats.record_step(so, self.scheduler.kv_usage(so))
-            return self._apply(so, out)
-        outputs = []
-        if self.in_flight is not None and self.in_flight_penalized:
-            # the penalty reads every earlier token on the host: wait for them first
-            outputs, self.in_flight = self._apply(*self.in_flight), None
+        """Run one model step; return the outputs of requests that finished in it."""
         so = self.scheduler.schedule()
-        # Found now, while every request of ``so`` is unfinished and so counted in num_penalized
-        # (no loop while that is 0); by the next step one of them may have finished.
-        penalized = self.num_penalized > 0 and any(
-            r.sampling_params.repetition_penalty != 1.0 for r in so.scheduled
-        )
-        launched = self.runner.execute_model_async(so)
-        if not so.is_empty:
-            self.stats.record_step(so, self.scheduler.kv_usage(so))
-            self.scheduler.advance(so)
-        if self.in_flight is not None:
-            outputs += self._apply(*self.in_flight)
-        self.in_flight = None if so.is_empty else (so, launched)
-        self.in_flight_penalized = penalized
-        return outputs
-
-    def _apply(
-        self, so: SchedulerOutput, out: ModelRunnerOutput | AsyncModelRunnerOutput
-    ) -> list[RequestOutput]:
-        """Apply a step's tokens: stops (token-level and stop strings), finished outputs."""
-        advanced = isinstance(out, AsyncModelRunnerOutput)
-        out = out.get() if advanced else out
+        # Runs even when nothing is scheduled, so the runner forgets finished requests' state.
+        out = self.runner.execute_model(so)
+        if so.is_empty:
+            return []
         self.last_runner_output = out
-        finished = set(
-            self.scheduler.update_from_output(so, out.req_ids, out.sampled_token_ids, advanced)
-        )
+        self.stats.record_step(so, self.scheduler.kv_usage(so))
+        finished = set(self.scheduler.update_from_output(so, out.req_ids, out.sampled_token_ids))
         outputs = []
         by_id = {r.request_id: r for r in so.scheduled}
         for req_id, token_id in zip(out.req_ids, out.sampled_token_ids):
             req = by_id[req_id]
-            if req.is_finished and req not in finished:
-                continue  # async: it stopped a step earlier (or was aborted); token dropped
             detok = self.detokenizers[req_id]
-            # Text is needed now only to find stop strings (no streaming here): the others are
-            # decoded once, when they end (m4: detokenizing is off the per-step path).
-            if not detok.stop and req not in finished:
-                continue  # nothing to do until it ends (its output_text stays "")
-            stop_str = detok.update(token_id) if detok.stop else None
+            stop_str = detok.update(token_id)
             if stop_str is None and req in finished:
-                detok.catch_up(req.output_token_ids)
                 stop_str = detok.flush()  # held-back text may complete a stop string too
             if stop_str is not None and req in finished:
                 # The token also hit max_tokens and the scheduler has already freed the request:
@@ -230,8 +172,6 @@ class LLMEngine:
         return outputs
 
     def _pop_output(self, req: Request) -> RequestOutput:
-        popped = self.requests.pop(req.request_id, None) is not None
-        if popped and req.sampling_params.repetition_penalty != 1.0:
-            self.num_penalized -= 1
+        self.requests.pop(req.request_id, None)
         self.detokenizers.pop(req.request_id, None)
         return RequestOutput.from_request(req)

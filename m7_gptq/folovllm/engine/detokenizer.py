@@ -24,7 +24,6 @@ class IncrementalDetokenizer:
         self.text = ""
         self.prefix_offset = 0
         self.read_offset = len(self.token_ids)
-        self.num_output_tokens = 0  # output tokens given to update()
         # Longest stop string, so we only search the tail of the text each step.
         self._stop_window = max((len(s) for s in stop), default=0)
 
@@ -33,22 +32,8 @@ class IncrementalDetokenizer:
             return ""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def catch_up(self, output_token_ids: list[int]) -> None:
-        """Take the output tokens not seen yet (m4: a request without stop strings needs its
-        text only when it ends, so the engine skips ``update`` on the per-step path). Without
-        stop strings nothing needs the text token by token: the tokens are only queued, and the
-        ``flush`` that follows decodes them in one call (not two decodes per token)."""
-        new = output_token_ids[self.num_output_tokens :]
-        if not self.stop:
-            self.token_ids.extend(new)
-            self.num_output_tokens += len(new)
-            return
-        for token_id in new:
-            self.update(token_id)
-
     def update(self, token_id: int) -> str | None:
         """Add one token; return the stop string it completed, if any (the text is cut before it)."""
-        self.num_output_tokens += 1
         self.token_ids.append(token_id)
         prefix = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
         full = self._decode(self.token_ids[self.prefix_offset :])

@@ -16,7 +16,7 @@ import torch
 
 from folovllm.attention.backends import select_attn_backend
 from folovllm.attention.backends.abstract import CommonAttentionMetadata
-from folovllm.config import KV_CACHE_DTYPES, CacheConfig, ModelConfig
+from folovllm.config import CacheConfig, ModelConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.forward_context import set_forward_context
 from folovllm.model_executor.models import get_model
@@ -61,27 +61,6 @@ class ModelRunnerOutput:
     logits: torch.Tensor | None = None  # [len(req_ids), vocab], kept only when asked (tests)
 
 
-class AsyncModelRunnerOutput:
-    """A launched step whose sampled ids are on their way to the host (pinned copy + event)."""
-
-    def __init__(
-        self, req_ids: list[str], sampled: torch.Tensor, logits: torch.Tensor | None = None
-    ) -> None:
-        self.req_ids, self.logits = req_ids, logits
-        self._ids, self._ready = sampled, None
-        if sampled.is_cuda:
-            self._ids = torch.empty(sampled.shape, dtype=sampled.dtype, pin_memory=True)
-            self._ids.copy_(sampled, non_blocking=True)
-            self._ready = torch.cuda.Event()
-            self._ready.record()
-
-    def get(self) -> ModelRunnerOutput:
-        """Wait for the step (the engine's one sync per step) and return its tokens."""
-        if self._ready is not None:
-            self._ready.synchronize()
-        return ModelRunnerOutput(self.req_ids, self._ids.tolist(), self.logits)
-
-
 class ModelRunner:
     def __init__(
         self,
@@ -101,9 +80,6 @@ class ModelRunner:
         self.keep_logits = keep_logits
         torch.manual_seed(model_config.seed)
         # Chosen before the model is built: every Attention layer asks for it.
-        if cache_config.kv_cache_dtype == "fp8" and attention_backend in (None, "auto"):
-            if self.device.type == "cuda":
-                attention_backend = "triton"  # flash-attn 2 cannot read an fp8 cache
         self.attn_backend = select_attn_backend(
             attention_backend, self.device.type, cache_config.block_size
         )
@@ -111,19 +87,11 @@ class ModelRunner:
         self.attn_builder = self._make_builder()
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
-        # The last launched step's sampled ids (on the device) and each request's row in them.
-        self.prev_sampled: torch.Tensor | None = None
-        self.prev_rows: dict[str, int] = {}
-        # The last batch (its requests in order) and its sampling metadata: see execute_model_async.
-        self.batch_reqs: list[Request] = []
-        self.batch_md: SamplingMetadata | None = None
         # Without paging, one block is a whole max_model_len row: m2's reservation, for comparison.
         self.block_size = (
             cache_config.block_size if cache_config.enable_paged_kv else self.max_model_len
         )
-        # The cache's element type: the model's, or float8 e4m3 for kv_cache_dtype="fp8".
-        self.kv_dtype = KV_CACHE_DTYPES[cache_config.kv_cache_dtype] or self.dtype
-        self.kv_bytes_per_token = model_config.arch.kv_bytes_per_token(self.kv_dtype)
+        self.kv_bytes_per_token = model_config.arch.kv_bytes_per_token(self.dtype)
         self.block_bytes = self.block_size * self.kv_bytes_per_token
         self.input_batch = InputBatch(
             max_num_seqs, max_num_batched_tokens, self.max_model_len, self.block_size, self.device
@@ -258,7 +226,7 @@ class ModelRunner:
         )
         caches = []
         for layer in self.model.model.layers:
-            cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+            cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             layer.self_attn.attn.kv_cache = cache
             caches.append(cache)
         if log:
@@ -348,11 +316,7 @@ class ModelRunner:
         if bucket is None and self.mixed_graph_runner is not None:
             tokens = self.mixed_graph_runner.bucket(so.total_num_scheduled_tokens)
         ib = self.input_batch
-        common, input_ids, positions, logits_indices = ib.prepare(
-            so, bucket, tokens, self.prev_rows
-        )
-        if ib.num_placeholders:  # async: tokens sampled by the previous step, still on the GPU
-            ib.fill_placeholders(self.prev_sampled)
+        common, input_ids, positions, logits_indices = ib.prepare(so, bucket, tokens)
         if bucket is not None:
             hidden = self.graph_runner.replay(bucket)
         elif tokens is not None:
@@ -362,22 +326,16 @@ class ModelRunner:
                 hidden = self.model(input_ids, positions)
         return hidden[logits_indices]
 
-    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
-        """Run one step and wait for its tokens."""
-        return self.execute_model_async(so).get()
-
     @torch.inference_mode()
-    def execute_model_async(self, so: SchedulerOutput) -> AsyncModelRunnerOutput:
-        """Launch one step; its tokens are fetched with ``.get()`` (async scheduling runs the
-        host's next step in between). Nothing here waits for the GPU."""
+    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        """Run one step and return its sampled tokens (one sync: the ids come back to the host)."""
         for req_id in so.finished_req_ids:
             self.generators.pop(req_id, None)
             self.input_batch.remove(req_id)
         for req_id in so.preempted_req_ids:
             self.input_batch.remove(req_id)  # its blocks are gone; it comes back as a new row
-        none = AsyncModelRunnerOutput([], torch.zeros(0, dtype=torch.long))
         if so.is_empty:
-            return none
+            return ModelRunnerOutput([], [])
         hidden, reqs = self._forward(so), so.scheduled
         # m5: a row whose prompt is still being chunked yields no token (vLLM's discard mask): it
         # is not sampled, so its seeded RNG does not advance and no stop check sees it. The input
@@ -385,25 +343,16 @@ class ModelRunner:
         done = self.input_batch.sample_idx
         if len(done) < len(reqs):
             if not len(done):
-                return none
-            idx = torch.from_numpy(done)
-            if self.device.type == "cuda":  # pinned: a pageable copy would wait for the forward
-                idx = idx.pin_memory().to(self.device, non_blocking=True)
+                return ModelRunnerOutput([], [])
+            idx = torch.from_numpy(done).to(self.device)
             hidden, reqs = hidden[idx], [reqs[i] for i in done.tolist()]
         logits = self.model.compute_logits(hidden)
-        # A decode batch is usually the same requests as the step before (vLLM's persistent
-        # batch): their rows and sampling metadata are then reused, not rebuilt per request.
-        if reqs != self.batch_reqs:  # list ==: the same Request objects in the same order
-            self.batch_reqs, self.batch_md = list(reqs), None
-            self.prev_rows = {r.request_id: i for i, r in enumerate(reqs)}
-        md = self.batch_md
-        if md is None or md.repetition_penalty is not None:  # the penalty reads this step's tokens
-            md = self.batch_md = SamplingMetadata.from_requests(
-                reqs, logits.shape[-1], self.device, self._generators(reqs)
-            )
-        self.prev_sampled = self.sampler(logits, md)
-        return AsyncModelRunnerOutput(
-            list(self.prev_rows), self.prev_sampled, logits.float() if self.keep_logits else None
+        md = SamplingMetadata.from_requests(
+            reqs, logits.shape[-1], self.device, self._generators(reqs)
+        )
+        sampled = self.sampler(logits, md).tolist()
+        return ModelRunnerOutput(
+            [r.request_id for r in reqs], sampled, logits.float() if self.keep_logits else None
         )
 
     def _generators(self, requests: list[Request]) -> dict[str, torch.Generator]:

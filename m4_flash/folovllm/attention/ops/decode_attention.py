@@ -21,8 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from folovllm.attention.ops.paged_attention import LOG2E, MIN_DOT_ROWS
-from folovllm.triton_utils import pdl_args, pdl_wait
+from folovllm.attention.ops.paged_attention import LOG2E, MIN_DOT_ROWS, attend_kv_tile
 
 
 @triton.jit
@@ -51,9 +50,7 @@ def _split_kv_kernel(
     BLOCK_SIZE: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     IEEE: tl.constexpr,
-    PDL: tl.constexpr,
 ):
-    pdl_wait(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -76,36 +73,13 @@ def _split_kv_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    q_pos = tl.full([BLOCK_M], seq_len - 1, dtype=tl.int32)  # the query is the last token
     for start_n in range(start, end, BLOCK_N):
-        n = start_n + tl.arange(0, BLOCK_N)
-        n_valid = n < end
-        block = tl.load(block_table_ptr + seq * bt_stride + n // BLOCK_SIZE, mask=n_valid, other=0)
-        offs = (
-            block.to(tl.int64) * c_stride_block
-            + (n % BLOCK_SIZE) * c_stride_token
-            + kv_head * c_stride_head
-        )
-        kv_mask = n_valid[:, None] & dim_valid[None, :]
-        # .to(): an fp8 cache is widened to the query's dtype in registers (half the bytes read)
-        k = tl.load(k_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        k = k.to(q_ptr.dtype.element_ty)
-        v = tl.load(v_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        v = v.to(q_ptr.dtype.element_ty)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(n_valid[None, :], s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = attend_kv_tile(
+            q, m_i, l_i, acc, start_n, end, q_pos, k_cache_ptr, v_cache_ptr,
+            block_table_ptr + seq * bt_stride, kv_head * c_stride_head, c_stride_block,
+            c_stride_token, scale_log2, dims, dim_valid, BLOCK_N, BLOCK_SIZE, IEEE,
+        )  # fmt: skip
     empty = start >= end
     lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
     acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -130,9 +104,7 @@ def _merge_kernel(
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
-    PDL: tl.constexpr,
 ):
-    pdl_wait(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     token = tl.load(query_start_loc_ptr + seq).to(tl.int64)
@@ -189,44 +161,15 @@ def split_kv_decode(
     part_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=q.device)
     extra = {} if num_warps is None else {"num_warps": num_warps}
     _split_kv_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q,
-        k_cache,
-        v_cache,
-        part_out,
-        part_lse,
-        query_start_loc,
-        seq_lens,
-        block_table,
-        scale * LOG2E,
-        q.stride(0),
-        q.stride(1),
-        block_table.stride(0),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        num_heads,
-        GROUP=group,
-        BLOCK_M=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
-        BLOCK_N=block_n,
-        HEAD_DIM=head_dim,
-        HEAD_DIM_PAD=head_dim_pad,
-        BLOCK_SIZE=block_size,
-        NUM_SPLITS=num_splits,
-        IEEE=q.dtype == torch.float32,
-        **extra,
-        **pdl_args(q),
-    )
+        q, k_cache, v_cache, part_out, part_lse, query_start_loc, seq_lens, block_table,
+        scale * LOG2E, q.stride(0), q.stride(1), block_table.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), num_heads,
+        GROUP=group, BLOCK_M=max(MIN_DOT_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, BLOCK_SIZE=block_size,
+        NUM_SPLITS=num_splits, IEEE=q.dtype == torch.float32, **extra,
+    )  # fmt: skip
     _merge_kernel[(num_seqs, num_heads)](
-        part_out,
-        part_lse,
-        out,
-        query_start_loc,
-        out.stride(0),
-        out.stride(1),
-        num_heads,
-        HEAD_DIM=head_dim,
-        HEAD_DIM_PAD=head_dim_pad,
-        NUM_SPLITS=num_splits,
-        **pdl_args(q),
-    )
+        part_out, part_lse, out, query_start_loc, out.stride(0), out.stride(1), num_heads,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, NUM_SPLITS=num_splits,
+    )  # fmt: skip
     return out

@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from folovllm.model_executor.layers import fused
-
 
 class Linear(nn.Module):
     """y = x W^T (+ b). Shards: none; the checkpoint tensor must match exactly."""
@@ -38,8 +36,6 @@ class Linear(nn.Module):
         target.copy_(loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused.use_gemv(x, self.weight):  # m4: decode of a few rows streams the weight
-            return fused.gemv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 

@@ -1,15 +1,9 @@
-"""RMSNorm, with the residual add fused in (one pass instead of two over the hidden state).
-
-On CUDA (m4) one Triton kernel does the add and the norm (layers/fused.py); the torch code below
-is the reference it is tested against and what runs on a CPU.
-"""
+"""RMSNorm, with the residual add fused in (one pass instead of two over the hidden state)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from folovllm.model_executor.layers import fused
 
 
 class RMSNorm(nn.Module):
@@ -29,9 +23,6 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``norm(x)``; with ``residual``: ``(norm(x + residual), x + residual)``."""
-        if fused.use_fused(x):  # the residual buffer is updated in place
-            out = fused.rms_norm(x, self.weight, self.eps, residual)
-            return out if residual is None else (out, residual)
         if residual is None:
             return self._norm(x)
         x = x + residual

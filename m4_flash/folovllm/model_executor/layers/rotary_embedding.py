@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from folovllm.model_executor.layers import fused
-
 
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_position: int, base: float) -> None:
@@ -33,9 +31,6 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [tokens, num_heads, head_dim], k: [tokens, num_kv_heads, head_dim]."""
-        if fused.use_fused(q):  # one kernel each, rotating in place (m4)
-            fused.rotary_(positions, q, self.cos_cache, self.sin_cache)
-            return q, fused.rotary_(positions, k, self.cos_cache, self.sin_cache)
         cos = self.cos_cache[positions].unsqueeze(1).to(q.dtype)
         sin = self.sin_cache[positions].unsqueeze(1).to(q.dtype)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)

@@ -23,8 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from folovllm.triton_utils import pdl_args, pdl_wait
-
 LOG2E = 1.4426950408889634
 MIN_DOT_ROWS = 16  # tl.dot on the GPU needs tiles of at least 16 rows
 
@@ -46,6 +44,38 @@ def find_seq_idx(query_start_loc_ptr, num_seqs, q_block, BLOCK_Q: tl.constexpr):
         else:
             hi = mid
     return lo - 1
+
+
+@triton.jit
+def attend_kv_tile(
+    q, m_i, l_i, acc, start_n, kv_end, q_pos, k_cache_ptr, v_cache_ptr, block_table_row_ptr,
+    c_offset, c_stride_block, c_stride_token, scale_log2, dims, dim_valid,
+    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """One step of the online softmax: keys ``[start_n, start_n + BLOCK_N)`` (those below
+    ``kv_end`` and at most each row's ``q_pos``) read from the paged cache and folded into the
+    running max ``m_i``, sum ``l_i`` and output ``acc``. Shared by the varlen and split-KV kernels."""
+    n = start_n + tl.arange(0, BLOCK_N)
+    n_valid = n < kv_end
+    block = tl.load(block_table_row_ptr + n // BLOCK_SIZE, mask=n_valid, other=0)
+    offs = block.to(tl.int64) * c_stride_block + (n % BLOCK_SIZE) * c_stride_token + c_offset
+    kv_mask = n_valid[:, None] & dim_valid[None, :]
+    k = tl.load(k_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = tl.where((n[None, :] <= q_pos[:, None]) & n_valid[None, :], s * scale_log2, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)  # rescale what was summed under the old max
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if IEEE:
+        pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc * alpha[:, None] + pv
 
 
 @triton.jit
@@ -76,9 +106,7 @@ def _paged_attention_kernel(
     HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,  # tokens per KV-cache block
     IEEE: tl.constexpr,  # float32 inputs: exact dots (no TF32)
-    PDL: tl.constexpr,
 ):
-    pdl_wait(PDL)
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = find_seq_idx(query_start_loc_ptr, num_seqs, q_block, BLOCK_Q)
@@ -111,36 +139,11 @@ def _paged_attention_kernel(
     # The causal skip: the last query of this tile sees keys up to here, nothing beyond is read.
     kv_end = context_len + tl.minimum((local + 1) * BLOCK_Q, q_len)
     for start_n in range(0, kv_end, BLOCK_N):
-        n = start_n + tl.arange(0, BLOCK_N)
-        n_valid = n < kv_end
-        block = tl.load(block_table_ptr + seq * bt_stride + n // BLOCK_SIZE, mask=n_valid, other=0)
-        offs = (
-            block.to(tl.int64) * c_stride_block
-            + (n % BLOCK_SIZE) * c_stride_token
-            + kv_head * c_stride_head
-        )
-        kv_mask = n_valid[:, None] & dim_valid[None, :]
-        # .to(): an fp8 cache is widened to the query's dtype in registers (half the bytes read)
-        k = tl.load(k_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        k = k.to(q_ptr.dtype.element_ty)
-        v = tl.load(v_cache_ptr + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        v = v.to(q_ptr.dtype.element_ty)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = s * scale_log2
-        s = tl.where((n[None, :] <= q_pos[:, None]) & n_valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)  # rescale what was summed under the old max
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = attend_kv_tile(
+            q, m_i, l_i, acc, start_n, kv_end, q_pos, k_cache_ptr, v_cache_ptr,
+            block_table_ptr + seq * bt_stride, kv_head * c_stride_head, c_stride_block,
+            c_stride_token, scale_log2, dims, dim_valid, BLOCK_N, BLOCK_SIZE, IEEE,
+        )  # fmt: skip
     l_i = tl.where(l_i == 0.0, 1.0, l_i)  # padding rows (seq_len 0) come out as zeros
     acc = acc / l_i[:, None]
     tl.store(
@@ -208,39 +211,13 @@ def paged_attention(
     block_n = block_n or 64
     block_q, block_m = tile_rows(group, max_query_len, block_m)
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)
-    extra = {}
-    if num_warps is not None:
-        extra["num_warps"] = num_warps
-    if num_stages is not None:
-        extra["num_stages"] = num_stages
+    extra = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v}
     _paged_attention_kernel[grid](
-        q,
-        k_cache,
-        v_cache,
-        out,
-        query_start_loc,
-        seq_lens,
-        block_table,
-        num_seqs,
-        scale * LOG2E,
-        q.stride(0),
-        q.stride(1),
-        out.stride(0),
-        out.stride(1),
-        block_table.stride(0),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        GROUP=group,
-        GROUP_PAD=triton.next_power_of_2(group),
-        BLOCK_Q=block_q,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        HEAD_DIM=head_dim,
-        HEAD_DIM_PAD=triton.next_power_of_2(head_dim),
-        BLOCK_SIZE=block_size,
-        IEEE=q.dtype == torch.float32,
-        **extra,
-        **pdl_args(q),
-    )
+        q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table, num_seqs,
+        scale * LOG2E, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        block_table.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        GROUP=group, GROUP_PAD=triton.next_power_of_2(group), BLOCK_Q=block_q, BLOCK_M=block_m,
+        BLOCK_N=block_n, HEAD_DIM=head_dim, HEAD_DIM_PAD=triton.next_power_of_2(head_dim),
+        BLOCK_SIZE=block_size, IEEE=q.dtype == torch.float32, **extra,
+    )  # fmt: skip
     return out

@@ -14,7 +14,6 @@ from torch import nn
 
 from folovllm.attention.layer import Attention
 from folovllm.config import ModelArchConfig
-from folovllm.model_executor.layers import fused
 from folovllm.model_executor.layers.activation import SiluAndMul
 from folovllm.model_executor.layers.linear import Linear, MergedLinear, QKVLinear
 from folovllm.model_executor.layers.rms_norm import RMSNorm
@@ -44,19 +43,13 @@ class Qwen2Attention(nn.Module):
         )
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if fused.use_fused(qkv):  # m4: the q/k norms and RoPE below, in one kernel
-            norm = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else ()
-            rope, heads = self.rotary_emb, (self.num_heads, self.num_kv_heads, self.head_dim)
-            q, k = fused.qk_norm_rope(qkv, positions, rope.cos_cache, rope.sin_cache, *heads, *norm)
-        else:
-            q = q.view(-1, self.num_heads, self.head_dim)
-            k = k.view(-1, self.num_kv_heads, self.head_dim)
-            if self.qk_norm:
-                q, k = self.q_norm(q), self.k_norm(k)
-            q, k = self.rotary_emb(positions, q, k)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q, k, v)  # [tokens, num_heads, head_dim]
         return self.o_proj(out.reshape(-1, self.q_size))
 

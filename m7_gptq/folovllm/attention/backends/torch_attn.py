@@ -81,16 +81,8 @@ class TorchAttentionImpl(AttentionImpl):
     ) -> torch.Tensor:
         k_cache, v_cache = kv_cache[0], kv_cache[1]  # [num_blocks, block_size, kv_heads, head_dim]
         n = metadata.num_actual_tokens
-        # An fp8 cache (kv_cache_dtype="fp8") stores K/V rounded to float8 e4m3, clamped to its
-        # range as the Triton kernel does (torch's cast turns values beyond +-448 into NaN).
-        if k_cache.dtype == torch.float8_e4m3fn:
-            k, v = k.clamp(-448, 448), v.clamp(-448, 448)
-        k_cache.view(-1, self.num_kv_heads, self.head_dim)[metadata.slot_mapping] = k[:n].to(
-            k_cache.dtype
-        )
-        v_cache.view(-1, self.num_kv_heads, self.head_dim)[metadata.slot_mapping] = v[:n].to(
-            v_cache.dtype
-        )
+        k_cache.view(-1, self.num_kv_heads, self.head_dim)[metadata.slot_mapping] = k[:n]
+        v_cache.view(-1, self.num_kv_heads, self.head_dim)[metadata.slot_mapping] = v[:n]
         out = torch.empty_like(q)
         if metadata.decode_token_idx is not None:
             self._decode_batch(q, k_cache, v_cache, metadata, out)
@@ -99,8 +91,8 @@ class TorchAttentionImpl(AttentionImpl):
             seq_len, start, end = metadata.seq_lens[i], qsl[i], qsl[i + 1]
             blocks = metadata.block_tables[i, : -(-seq_len // k_cache.shape[1])].long()
             qi = q[start:end].transpose(0, 1)  # [heads, q_len, dim]
-            ki = k_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1).to(q.dtype)
-            vi = v_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1).to(q.dtype)
+            ki = k_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1)
+            vi = v_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1)
             mask = causal_mask(end - start, seq_len, q.device)
             oi = F.scaled_dot_product_attention(
                 qi,
@@ -131,10 +123,8 @@ class TorchAttentionImpl(AttentionImpl):
         num_decodes, group = md.decode_token_idx.shape[0], self.num_heads // self.num_kv_heads
         table = md.decode_block_tables[:, : -(-length // k_cache.shape[1])].long()
         qd = q[md.decode_token_idx].view(num_decodes, self.num_kv_heads, group, self.head_dim)
-        kd = (
-            k_cache[table].flatten(1, 2)[:, :length].transpose(1, 2).to(q.dtype)
-        )  # [D, kvh, L, dim]
-        vd = v_cache[table].flatten(1, 2)[:, :length].transpose(1, 2).to(q.dtype)
+        kd = k_cache[table].flatten(1, 2)[:, :length].transpose(1, 2)  # [D, kv_heads, L, dim]
+        vd = v_cache[table].flatten(1, 2)[:, :length].transpose(1, 2)
         scores = (
             torch.matmul(qd, kd.transpose(2, 3)).float() * self.scale
         )  # [D, kv_heads, group, L]

@@ -18,11 +18,6 @@ not finished gets no token this step (the runner does not sample it).
 m6 (prefix caching): a waiting request starts after the longest cached prefix of its tokens
 (``num_computed_tokens`` = the hit), and chunking continues from there. A preempted request may hit
 its own blocks when it resumes, if nobody has reused them meanwhile.
-
-m4 async scheduling: the engine schedules step N+1 while step N is still on the GPU. ``advance``
-counts N's work as done at launch and gives each request that samples in N a placeholder for the
-token it will get; N+1 computes that token (its id reaches the inputs on the device). A request
-whose in-flight token is its last by length is not scheduled again (no wasted step).
 """
 
 from __future__ import annotations
@@ -51,7 +46,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()
-        self.preempted_req_ids: set[str] = set()
+        self.preempted_req_ids: set[str] = set()  # m4: the runner drops their persistent rows
         self.num_preemptions = 0
 
     # -- queues ---------------------------------------------------------------------------------
@@ -75,9 +70,6 @@ class Scheduler:
         i = 0
         while i < len(self.running) and (budget > 0 or not self.chunked):
             req = self.running[i]
-            if self._last_token_in_flight(req):
-                i += 1
-                continue
             n = self._num_new_tokens(req, budget)
             while self.kv_cache_manager.allocate_slots(req, n) is None:
                 victim = self.running[-1]
@@ -110,39 +102,20 @@ class Scheduler:
             budget -= n
         finished, self.finished_req_ids = self.finished_req_ids, set()
         preempted_ids, self.preempted_req_ids = self.preempted_req_ids, set()
-        # m4: the cache manager's live dict of block ids (every request holding blocks), not a
-        # new dict per step; the runner reads the scheduled requests' tables before the next step.
-        tables = self.kv_cache_manager.req_to_block_ids
+        tables = {
+            r.request_id: self.kv_cache_manager.get_block_ids(r.request_id) for r in scheduled
+        }
         return SchedulerOutput(scheduled, num_tokens, tables, finished, preempted_ids)
 
     def _num_new_tokens(self, req: Request, budget: int, num_hit: int = 0) -> int:
         """Tokens to compute for ``req`` this step: all it has left (after ``num_hit`` cached
         ones), or with chunking a chunk."""
-        n = req.num_tokens + req.num_output_placeholders - req.num_computed_tokens - num_hit
+        n = req.num_tokens - req.num_computed_tokens - num_hit
         # One token (a decode) needs no min() per step: the running loop keeps budget >= 1, and
         # at budget 0 the waiting loop stops whether n is 1 or 0.
         if self.chunked and n > 1:
             n = min(n, budget, self.threshold or n)
         return n
-
-    def _last_token_in_flight(self, req: Request) -> bool:
-        """Async: the token still on the GPU reaches max_tokens or max_model_len (it ends then)."""
-        ph = req.num_output_placeholders
-        if not ph:
-            return False
-        num_output = len(req.output_token_ids) + ph  # len(), not the properties: runs per request
-        return (
-            num_output >= req.sampling_params.max_tokens
-            or len(req.prompt_token_ids) + num_output >= self.max_model_len
-        )
-
-    def advance(self, so: SchedulerOutput) -> None:
-        """Async: count the launched step as computed; each request whose step samples a token
-        holds a placeholder for it until ``update_from_output(..., advanced=True)``."""
-        for req in so.scheduled:
-            req.num_computed_tokens += so.num_scheduled_tokens[req.request_id]
-            if req.num_computed_tokens == req.num_tokens + req.num_output_placeholders:
-                req.num_output_placeholders += 1
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
@@ -154,29 +127,17 @@ class Scheduler:
         self.num_preemptions += 1
 
     def update_from_output(
-        self,
-        so: SchedulerOutput,
-        req_ids: list[str],
-        sampled_token_ids: list[int],
-        advanced: bool = False,
+        self, so: SchedulerOutput, req_ids: list[str], sampled_token_ids: list[int]
     ) -> list[Request]:
         """Advance every scheduled request; apply the sampled tokens (a request whose prompt is
-        still being chunked has none); retire requests that hit a token-level stop.
-
-        ``advanced``: ``so`` went through ``advance`` (async); a request that finished since it
-        was launched (a stop one step earlier, an abort) drops its token."""
+        still being chunked has none); retire requests that hit a token-level stop."""
         by_id = {r.request_id: r for r in so.scheduled}
-        if not advanced:
-            for req in so.scheduled:
-                req.num_computed_tokens += so.num_scheduled_tokens[req.request_id]
+        for req in so.scheduled:
+            req.num_computed_tokens += so.num_scheduled_tokens[req.request_id]
         finished = []
         now = time.perf_counter()  # one clock read for the step's tokens, not one per token
         for req_id, token_id in zip(req_ids, sampled_token_ids):
             req = by_id[req_id]
-            if advanced:
-                if req.is_finished:
-                    continue
-                req.num_output_placeholders -= 1
             req.append_output_token(token_id, now)
             status = check_stop(req, self.max_model_len)
             if status is not None:
@@ -187,15 +148,15 @@ class Scheduler:
     def finish_requests(self, requests: Iterable[Request], status: RequestStatus) -> None:
         """End requests from outside the step (abort, stop strings)."""
         for req in requests:
-            if not req.is_finished:
-                self._free(req, status)
+            if req.is_finished:
+                continue
+            if req in self.waiting:
+                self.waiting.remove(req)
+            self._free(req, status)
 
     def _free(self, req: Request, status: RequestStatus) -> None:
-        was_waiting = req.status is not RequestStatus.RUNNING
         req.transition(status)
-        if was_waiting:  # waiting, or preempted before its in-flight token arrived (async)
-            self.waiting.remove(req)
-        else:
+        if req in self.running:
             self.running.remove(req)
         self.kv_cache_manager.free(req)
         self.finished_req_ids.add(req.request_id)

@@ -16,8 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from folovllm.model_executor.layers import fused
-
 
 class Linear(nn.Module):
     """y = x W^T (+ b). Shards: none; the checkpoint tensor must match exactly."""
@@ -68,8 +66,6 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_method is not None:
             return self.quant_method.apply(self, x, self.bias)
-        if fused.use_gemv(x, self.weight):  # m4: decode of a few rows streams the weight
-            return fused.gemv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 

@@ -40,6 +40,8 @@ LATER_FEATURES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "max_chunk_size": ("m5_chunked", (None,)),
     "enable_prefix_caching": ("m6_prefix", (None, False)),
     "quantization": ("m7_gptq", (None,)),
+    "async_scheduling": ("m8_fast", (None, False)),
+    "kv_cache_dtype": ("m8_fast", (None, "auto")),
 }
 
 # vLLM's name -> the seed's name (both are accepted; giving both with different values is an error).
@@ -161,6 +163,8 @@ class EngineConfig:
     max_chunk_size: int | None = None
     enable_prefix_caching: bool | None = None
     quantization: str | None = None
+    async_scheduling: bool | None = None  # None: on for CUDA, off on a CPU (m8)
+    kv_cache_dtype: str | None = None  # None / "auto": the model's dtype; "fp8" (m8)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ MILESTONES = (
     "m5_chunked",
     "m6_prefix",
     "m7_gptq",
+    "m8_fast",
 )
 
 MILESTONE = "m1_basic"

@@ -37,6 +37,8 @@ ENABLING = {
     "max_chunk_size": 256,
     "enable_prefix_caching": True,
     "quantization": "gptq",
+    "async_scheduling": True,
+    "kv_cache_dtype": "fp8",
 }
 
 

@@ -133,6 +133,8 @@ def test_profile_run_executes_the_largest_step_and_rebinds_the_cache(tiny_qwen3)
     """The GPU budget comes from this run; on the CPU we check it runs and leaves the real cache bound."""
     engine = make(tiny_qwen3, max_num_batched_tokens=300)  # 128 + 128 + 44 prompt tokens
     runner = engine.runner
+    # The caches are bound to the Attention layers by module name.
+    assert list(runner.attn_layers)[0] == "model.layers.0.self_attn.attn"
     real = [layer.self_attn.attn.kv_cache for layer in runner.model.model.layers]
     scratch_bytes = runner._profile_run(300)
     blocks = max(sum(-(-n // 16) for n in (128, 128, 44)), runner.max_num_seqs)
@@ -165,7 +167,7 @@ GiB = 2**30
 
 
 def test_kv_cache_budget_is_utilization_of_total_minus_what_is_used():
-    from folovllm.worker.model_runner import kv_cache_budget
+    from folovllm.worker.memory_profile import kv_cache_budget
 
     # 80 GiB card at 0.9: 72 GiB ours, 2 GiB already in use, 1 GiB peak activations -> 69 GiB.
     assert kv_cache_budget(80 * GiB, 78 * GiB, 1 * GiB, 0.9) == 69 * GiB
@@ -176,6 +178,8 @@ def test_kv_cache_budget_is_utilization_of_total_minus_what_is_used():
 def test_profile_measures_the_sampler_and_frees_the_scratch_cache(tiny_qwen3, monkeypatch):
     """A fake 80 GiB device: the budget follows gpu_memory_utilization, the sampler runs on
     max_num_seqs rows with top-k/top-p, and the scratch cache is unbound before empty_cache()."""
+    from folovllm.worker.memory_profile import profile_free_memory
+
     engine = make(tiny_qwen3, max_num_batched_tokens=300, max_num_seqs=8)
     runner = engine.runner
     layers = runner.model.model.layers
@@ -205,8 +209,8 @@ def test_profile_measures_the_sampler_and_frees_the_scratch_cache(tiny_qwen3, mo
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
-    assert runner._profile_free_memory(0.9, 300) == 69 * GiB
+    assert profile_free_memory(runner.device, lambda: runner._profile_run(300), 0.9) == 69 * GiB
     assert (8, True) in rows  # max_num_seqs rows, with top-k and top-p
     assert events == [[None] * len(layers)]  # nothing holds the scratch cache any more
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
-        runner._profile_free_memory(0.03, 300, min_bytes=GiB)
+        profile_free_memory(runner.device, lambda: runner._profile_run(300), 0.03, min_bytes=GiB)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from folovllm.attention.backends import get_attn_backend
+from folovllm.attention.layer import Attention
 from folovllm.config import ModelConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.forward_context import set_forward_context
@@ -43,6 +44,9 @@ class ModelRunner:
         self.keep_logits = keep_logits
         torch.manual_seed(model_config.seed)
         self.model = get_model(model_config)
+        # Each Attention layer by its module name: the KV caches are bound by name (as in vLLM),
+        # so the runner needs no knowledge of where a model keeps its layers.
+        self.attn_layers = {n: m for n, m in self.model.named_modules() if isinstance(m, Attention)}
         self.attn_backend = get_attn_backend()
         self.attn_builder = self.attn_backend.get_builder_cls()()
         self.sampler = Sampler()
@@ -73,9 +77,9 @@ class ModelRunner:
             num_rows, self.max_model_len, arch.num_key_value_heads, arch.head_dim
         )
         caches = []
-        for layer in self.model.model.layers:
+        for attn in self.attn_layers.values():
             cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            layer.self_attn.attn.kv_cache = cache
+            attn.kv_cache = cache
             caches.append(cache)
         total = sum(c.numel() * c.element_size() for c in caches)
         logger.info(

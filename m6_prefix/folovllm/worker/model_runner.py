@@ -16,42 +16,23 @@ import torch
 
 from folovllm.attention.backends import select_attn_backend
 from folovllm.attention.backends.abstract import CommonAttentionMetadata
-from folovllm.config import CacheConfig, ModelConfig
+from folovllm.attention.layer import Attention
+from folovllm.config import DEFAULT_MAX_NUM_SEQS, CacheConfig, ModelConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.forward_context import set_forward_context
 from folovllm.model_executor.models import get_model
 from folovllm.request import Request
 from folovllm.sample.sampler import Sampler, SamplingMetadata
-from folovllm.sampling_params import SamplingParams
 from folovllm.worker.cuda_graph import CUDAGraphRunner, capture_sizes, token_capture_sizes
 from folovllm.worker.input_batch import InputBatch
+from folovllm.worker.memory_profile import (
+    DEFAULT_CPU_KV_BYTES,
+    profile_free_memory,
+    profile_steps,
+)
 
 logger = logging.getLogger(__name__)
 MAX_GRAPH_TOKENS = 8192  # the largest prefill / mixed step replayed from a CUDA graph
-
-DEFAULT_CPU_KV_BYTES = 2 * 2**30  # without kv_cache_memory_gb on the CPU
-
-
-def kv_cache_budget(
-    total: int, free: int, peak_activations: int, utilization: float, min_bytes: int = 1
-) -> int:
-    """Bytes the KV cache may take: ``total * utilization`` minus what is already in use (weights,
-    other processes: ``total - free``) minus the peak activations of the largest step.
-
-    Raises ValueError naming gpu_memory_utilization when that leaves less than ``min_bytes``.
-    """
-    used = total - free
-    budget = int(total * utilization) - used - peak_activations
-    if budget < min_bytes:
-        needed = (used + peak_activations + min_bytes) / total
-        raise ValueError(
-            f"gpu_memory_utilization={utilization} allows {total * utilization / 2**30:.2f} GiB of "
-            f"{total / 2**30:.2f} GiB, but {used / 2**30:.2f} GiB are in use (weights, other "
-            f"processes) and the peak activations take {peak_activations / 2**30:.2f} GiB, leaving "
-            f"less than the {min_bytes / 2**30:.2f} GiB the KV cache needs: set "
-            f"gpu_memory_utilization >= {needed:.3f}"
-        )
-    return budget
 
 
 @dataclass
@@ -68,7 +49,7 @@ class ModelRunner:
         cache_config: CacheConfig,
         max_num_batched_tokens: int,
         keep_logits: bool = False,
-        max_num_seqs: int = 256,
+        max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
         attention_backend: str | None = None,
         enforce_eager: bool = False,
         cudagraph_mode: str = "full",
@@ -76,7 +57,7 @@ class ModelRunner:
         self.model_config = model_config
         self.device, self.dtype = model_config.device, model_config.dtype
         self.max_model_len = model_config.max_model_len
-        self.max_num_seqs = max_num_seqs
+        self.max_num_seqs = max_num_seqs  # rows the sampler may get in one step (profile run)
         self.keep_logits = keep_logits
         torch.manual_seed(model_config.seed)
         # Chosen before the model is built: every Attention layer asks for it.
@@ -84,6 +65,9 @@ class ModelRunner:
             attention_backend, self.device.type, cache_config.block_size
         )
         self.model = get_model(model_config)
+        # Each Attention layer by its module name: the KV caches are bound by name (as in vLLM),
+        # so the runner needs no knowledge of where a model keeps its layers.
+        self.attn_layers = {n: m for n, m in self.model.named_modules() if isinstance(m, Attention)}
         self.attn_builder = self._make_builder()
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
@@ -131,9 +115,10 @@ class ModelRunner:
             if cache_config.kv_cache_memory_gb is not None:
                 budget = int(cache_config.kv_cache_memory_gb * 2**30)
             elif self.device.type == "cuda":
-                budget = self._profile_free_memory(
+                budget = profile_free_memory(
+                    self.device,
+                    lambda: self._profile_run(max_num_batched_tokens),
                     cache_config.gpu_memory_utilization,
-                    max_num_batched_tokens,
                     self.max_model_len * self.kv_bytes_per_token,
                 )
             else:
@@ -147,62 +132,15 @@ class ModelRunner:
         return num_blocks
 
     @torch.inference_mode()
-    def _profile_free_memory(
-        self, utilization: float, max_num_batched_tokens: int, min_bytes: int = 1
-    ) -> int:
-        """Bytes left for KV after the weights and the peak activations of a full-budget step
-        (vLLM's profile run): run the largest batch once with a scratch cache and measure."""
-        free, total = torch.cuda.mem_get_info(self.device)
-        used_by_others_and_weights = total - free
-        torch.cuda.reset_peak_memory_stats(self.device)
-        before = torch.cuda.memory_allocated(self.device)
-        scratch_bytes = self._profile_run(max_num_batched_tokens)
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device) - before - scratch_bytes
-        torch.cuda.empty_cache()  # the scratch cache is unbound and dropped by now
-        budget = kv_cache_budget(total, free, peak, utilization, min_bytes)
-        logger.info(
-            "profile: %.2f GiB in use before, %.2f GiB peak activations, %.2f GiB left for KV at utilization %.2f",
-            used_by_others_and_weights / 2**30,
-            peak / 2**30,
-            budget / 2**30,
-            utilization,
-        )
-        return budget
-
-    @torch.inference_mode()
     def _profile_run(self, max_num_batched_tokens: int) -> int:
-        """Run the largest steps once on a scratch cache and return its bytes: a prefill of
-        max_num_batched_tokens prompt tokens (requests of at most max_model_len), then a decode of
-        max_num_seqs requests whose logits go through the sampler with top-k and top-p (float32
-        [max_num_seqs, vocab] plus the sort buffers). The scratch cache is unbound at the end."""
-        lens, remaining = [], max_num_batched_tokens
-        while remaining > 0 and len(lens) < self.max_num_seqs:
-            lens.append(min(remaining, self.max_model_len))
-            remaining -= lens[-1]
-        reqs = [
-            Request(f"profile-{i}", None, [0] * n, SamplingParams(max_tokens=1))
-            for i, n in enumerate(lens)
-        ]
-        tables, first = {}, 0
-        for r in reqs:
-            n = -(-r.num_prompt_tokens // self.block_size)
-            tables[r.request_id], first = list(range(first, first + n)), first + n
-        # Decode-shaped: max_num_seqs requests of one block each, the last token new.
-        params = SamplingParams(temperature=1.0, top_k=1, top_p=0.9, max_tokens=1)
-        decodes = [
-            Request(f"profile-decode-{i}", None, [0] * self.block_size, params)
-            for i in range(self.max_num_seqs)
-        ]
-        for i, r in enumerate(decodes):
-            r.num_computed_tokens = self.block_size - 1
-            tables[r.request_id] = [i]
-        scratch = self._allocate_kv_cache(max(first, len(decodes)), log=False)
+        """Run the largest steps (``profile_steps``) once on a scratch cache and return its
+        bytes; the scratch cache is unbound at the end."""
+        steps, num_blocks = profile_steps(
+            max_num_batched_tokens, self.max_model_len, self.max_num_seqs, self.block_size
+        )
+        scratch = self._allocate_kv_cache(num_blocks, log=False)
         scratch_bytes = sum(c.numel() * c.element_size() for c in scratch)
-        for so in (
-            SchedulerOutput(reqs, {r.request_id: r.num_prompt_tokens for r in reqs}, tables),
-            SchedulerOutput(decodes, {r.request_id: 1 for r in decodes}, tables),
-        ):
+        for so in steps:
             common, input_ids, positions, logits_indices = self.input_batch.prepare(so)
             with set_forward_context(self.attn_builder.build(common)):
                 hidden = self.model(input_ids, positions)
@@ -214,8 +152,8 @@ class ModelRunner:
             for r in so.scheduled:
                 self.input_batch.remove(r.request_id)
         # Unbind and drop the scratch cache so that empty_cache() can really give it back.
-        for layer in self.model.model.layers:
-            layer.self_attn.attn.kv_cache = None
+        for attn in self.attn_layers.values():
+            attn.kv_cache = None
         del scratch
         return scratch_bytes
 
@@ -225,9 +163,9 @@ class ModelRunner:
             num_blocks, self.block_size, arch.num_key_value_heads, arch.head_dim
         )
         caches = []
-        for layer in self.model.model.layers:
+        for attn in self.attn_layers.values():
             cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            layer.self_attn.attn.kv_cache = cache
+            attn.kv_cache = cache
             caches.append(cache)
         if log:
             total = sum(c.numel() * c.element_size() for c in caches)

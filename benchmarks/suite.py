@@ -1,0 +1,158 @@
+"""One GPU call per milestone: its GPU checks, then its headline benchmarks with the previous
+milestone measured in the same run, written as the milestone's canonical result files.
+
+    python benchmarks/suite.py m4                 # checks + benchmarks, into benchmarks/results/m4/
+    python benchmarks/suite.py m4 m8 --out-dir $OUT --skip-checks
+    python benchmarks/suite.py m8 --list          # print the steps without running them
+
+Every file is named ``<what>_<card>.json`` (card: ``h100``, ``h200``, ... from the device name;
+``--card`` must agree with it). The run starts by measuring the card's device-to-device copy rate
+(``bandwidth_<card>.json``), and every benchmark judges its "share of the floor" against that
+number, never against another card's. Each step's output goes to ``<what>_<card>.log`` beside
+its JSON as it finishes, so a call cut short still leaves what ran. ``suite_<card>.json`` lists the
+steps with their exit codes and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+MODEL = ["--model", "Qwen/Qwen3-0.6B", "--dummy-weights"]
+LATENCY = ["--input-len", "128", "--output-len", "256", "--num-iters", "3"]
+
+
+def mdir(key: str) -> str:
+    """``m4`` -> ``m4_flash`` (the milestone's directory)."""
+    for d in ROOT.iterdir():
+        if d.is_dir() and re.fullmatch(rf"{key}_[a-z0-9_]+", d.name):
+            return d.name
+    raise SystemExit(f"no milestone directory {key}_* under {ROOT}")
+
+
+def gpu_tests(key: str) -> list[tuple[str, list[str], str]]:
+    """The milestone's GPU test set, then greedy tokens vs transformers (float32 and bf16)."""
+    steps = [("gpu_tests", [PY, "-m", "pytest", "tests", "-m", "gpu", "-q", "-p",
+                            "no:cacheprovider"], mdir(key))]  # fmt: skip
+    if int(key[1:]) >= 1:
+        for dtype in ("float32", "bfloat16"):
+            extra = ["--attention-backend", "triton"] if int(key[1:]) >= 4 else []
+            cmd = [PY, "benchmarks/gpu_check.py", "--milestone", key, "--dtype", dtype, *extra]
+            steps.append((f"gpu_check_{dtype}", cmd, "."))
+    return steps
+
+
+def benches(key: str, out: Path, card: str, bw: float) -> list[tuple[str, list[str], str]]:
+    """The headline benchmarks of milestone ``key`` and its baseline, in the same call."""
+    n = int(key[1:])
+    prev = f"m{n - 1}"
+    floor = ["--bandwidth", str(bw)]
+
+    def thr(ms: str, name: str, *extra: str) -> tuple[str, list[str], str]:
+        cmd = [PY, "benchmarks/throughput_test.py", "--milestone", ms, *MODEL, *extra]
+        return name, [*cmd, *floor, "--out", str(out / f"{name}_{card}.json")], "."
+
+    def lat(ms: str, name: str, *extra: str) -> tuple[str, list[str], str]:
+        cmd = [PY, "benchmarks/latency_test.py", "--milestone", ms, *MODEL, *LATENCY, *extra]
+        return name, [*cmd, *floor, "--out", str(out / f"{name}_{card}.json")], "."
+
+    if n <= 3:
+        if n == 1:
+            return [lat("m1", "latency", "--hf")]  # against transformers' generate
+        kv = ["--kv-cache-memory-gb", "16"] if n == 3 else ["--num-seqs", "32"]
+        cmd = [PY, "benchmarks/compare.py", "--milestones", prev, key, "--out"]
+        return [("compare", [*cmd, str(out / f"compare_{card}.json"), "--", *MODEL, *kv], ".")]
+    if n in (5, 6):  # their own bench.py runs both milestones in one call
+        return [("bench", [PY, f"{mdir(key)}/bench.py", "--out-dir", str(out), *MODEL], ".")]
+    if n == 7:  # bf16 vs GPTQ at two shapes
+        return [("bench", [PY, f"{mdir(key)}/bench.py", "--out-dir", str(out), *floor], ".")]
+    return [  # m4 and later: batch-1 latency and the workload, this milestone and the previous
+        lat(key, "latency"),
+        lat(prev, f"baseline_{prev}_latency"),
+        thr(key, "throughput"),
+        thr(prev, f"baseline_{prev}_throughput"),
+    ]
+
+
+def card_name() -> tuple[str, str]:
+    import torch
+
+    name = torch.cuda.get_device_name()
+    found = re.search(r"\b([A-Z]\d{2,4}[A-Z]?)\b", name)
+    return (found.group(1).lower() if found else re.sub(r"\W+", "_", name).lower()), name
+
+
+def measure_bandwidth(nbytes: int = 2**30, iters: int = 20) -> float:
+    """Device-to-device copy rate, bytes read + written per second (gpt-fast's yardstick)."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * nbytes * iters / (start.elapsed_time(end) / 1e3)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("milestones", nargs="+", help="m4 m8 ...")
+    ap.add_argument("--card", default=None, help="expected card (h100, h200): refuse another")
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--skip-checks", action="store_true")
+    ap.add_argument("--skip-benches", action="store_true")
+    ap.add_argument("--list", action="store_true", help="print the steps, run nothing")
+    args = ap.parse_args()
+    if args.list:
+        card, device, bw = args.card or "CARD", "(not measured)", 0.0
+    else:
+        card, device = card_name()
+        if args.card and args.card.lower() != card:
+            raise SystemExit(f"--card {args.card} but this machine has {device} ({card})")
+        bw = measure_bandwidth()
+        print(f"{device}: device-to-device copy {bw / 1e12:.2f} TB/s", flush=True)
+    failed = 0
+    for key in args.milestones:
+        out = Path(args.out_dir) / key
+        out.mkdir(parents=True, exist_ok=True)
+        steps = [] if args.skip_checks else gpu_tests(key)
+        steps += [] if args.skip_benches else benches(key, out, card, bw)
+        record = {"milestone": mdir(key), "card": card, "device": device,
+                  "copy_bytes_per_s": bw, "steps": []}  # fmt: skip
+        if not args.list:
+            (out / f"bandwidth_{card}.json").write_text(json.dumps(
+                {"device": device, "copy_bytes_per_s": bw}, indent=2) + "\n")  # fmt: skip
+        for name, cmd, cwd in steps:
+            print(f"== {key} {name}: {' '.join(cmd)}", flush=True)
+            if args.list:
+                continue
+            t0 = time.perf_counter()
+            env_path = {"PYTHONPATH": "."} if cwd != "." else {}
+            with open(out / f"{name}_{card}.log", "w") as log:
+                rc = subprocess.call(cmd, cwd=ROOT / cwd, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **env_path})  # fmt: skip
+            secs = time.perf_counter() - t0
+            tail = (out / f"{name}_{card}.log").read_text().strip().splitlines()[-3:]
+            print("\n".join(tail), f"\n-> rc {rc}, {secs:.0f} s", flush=True)
+            failed += rc != 0
+            record["steps"].append({"name": name, "rc": rc, "seconds": round(secs, 1)})
+            (out / f"suite_{card}.json").write_text(json.dumps(record, indent=2) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

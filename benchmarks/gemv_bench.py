@@ -1,4 +1,4 @@
-"""Decode-size linear layers: m4's weight-streaming ``fused.gemv`` vs ``F.linear`` (cuBLAS).
+"""Decode-size linear layers: m8's weight-streaming ``gemv`` (layers/ops/gemv.py) vs ``F.linear`` (cuBLAS).
 
 Qwen3-0.6B's four projections at 1 / 2 / 4 rows, bf16. Each variant is checked against F.linear
 in float32, then timed as a model runs it: a CUDA graph calls it once on each of enough distinct
@@ -7,7 +7,7 @@ timing one matrix over and over would measure L2, not HBM). GB/s counts the weig
 once, against the card's copy bandwidth measured in the same run. ``--sweep`` also times every
 (BLOCK_N, BLOCK_K, num_warps) and reports the best per shape.
 
-    python benchmarks/gemv_bench.py --milestone m4 --sweep --out benchmarks/results/m4_gemv_h200.json
+    python benchmarks/gemv_bench.py --milestone m8 --sweep --out /tmp/gemv_h100.json
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def cold_time_us(torch, op, weights, x, iters: int = 10) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--milestone", default="m4")
+    ap.add_argument("--milestone", default="m8")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -57,6 +57,7 @@ def main() -> None:
 
     import_engine(args.milestone)
     from folovllm.model_executor.layers import fused
+    from folovllm.model_executor.layers.ops import gemv as gemv_ops
 
     big = torch.empty(2**28, dtype=torch.uint8, device="cuda")
     copy_us = cold_time_us(torch, lambda x, w: w.clone(), [big], None)
@@ -73,14 +74,14 @@ def main() -> None:
         for m in (1, 2, 4):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = linear(x.float(), weights[0].float())
-            err = (fused.gemv(x, weights[0]).float() - ref).abs().max().item()
+            err = (gemv_ops.gemv(x, weights[0]).float() - ref).abs().max().item()
             t_cublas = cold_time_us(torch, linear, weights, x)
-            t_ours = cold_time_us(torch, fused.gemv, weights, x)
+            t_ours = cold_time_us(torch, gemv_ops.gemv, weights, x)
             best = None
             if args.sweep and m == 1:
                 for cfg in configs:
                     try:
-                        t = cold_time_us(torch, lambda x, w, c=cfg: fused.gemv(x, w, None, c),
+                        t = cold_time_us(torch, lambda x, w, c=cfg: gemv_ops.gemv(x, w, None, c),
                                          weights, x)  # fmt: skip
                     except Exception as e:  # noqa: BLE001 (a config the compiler rejects)
                         print(f"  {cfg}: {type(e).__name__}")
@@ -92,22 +93,22 @@ def main() -> None:
                              cublas_us=t_cublas, gemv_gb_s=nbytes / t_ours / 1e3,
                              cublas_gb_s=nbytes / t_cublas / 1e3,
                              gemv_share_of_copy_bw=nbytes / (t_ours * 1e-6) / copy_bw,
-                             speedup=t_cublas / t_ours, default_config=fused.gemv_config(n, k),
+                             speedup=t_cublas / t_ours, default_config=gemv_ops.gemv_config(n, k),
                              best_config=best and best[0], best_us=best and best[1]))  # fmt: skip
             r = rows[-1]
             print(f"{name:8s} {n:5d}x{k:5d} M={m}: gemv {t_ours:6.2f} us ({r['gemv_gb_s']:5.0f} GB/s"
                   f", {r['gemv_share_of_copy_bw']:.0%}), cuBLAS {t_cublas:6.2f} us "
                   f"({r['cublas_gb_s']:5.0f} GB/s) -> {r['speedup']:.2f}x, err {err:.3g}"
                   + (f"; best {best[0]} {best[1]:.2f} us ({t_cublas / best[1]:.2f}x)" if best else ""))  # fmt: skip
-        if name == "down" and "silu_mul" in inspect.signature(fused.gemv).parameters:
+        if name == "down" and "silu_mul" in inspect.signature(gemv_ops.gemv).parameters:
             # The MLP's SiLU-mul inside the down GEMV vs the two kernels it replaces, one row. Only
             # for code whose gemv takes silu_mul (commit 75dfeda: slower, so 166f9c9 removed it;
             # m4_gemv_h100.json keeps the timing).
             gate_up = torch.randn(1, 2 * k, device="cuda", dtype=torch.bfloat16)
-            two = cold_time_us(torch, lambda x, w: fused.gemv(fused.silu_and_mul(x), w),
+            two = cold_time_us(torch, lambda x, w: gemv_ops.gemv(fused.silu_and_mul(x), w),
                                weights, gate_up)  # fmt: skip
             one = cold_time_us(
-                torch, lambda x, w: fused.gemv(x, w, silu_mul=True), weights, gate_up
+                torch, lambda x, w: gemv_ops.gemv(x, w, silu_mul=True), weights, gate_up
             )
             silu = dict(two_kernels_us=two, fused_us=one, speedup=two / one)
             print(

@@ -196,7 +196,7 @@ def gpu_timeline(engine, num_steps: int) -> dict:
     launch = "execute_model_async" if hasattr(runner, "execute_model_async") else "execute_model"
     wrap(runner, launch, **gpu_events(step_events))
     if launch == "execute_model_async":  # the host waits for the GPU in .get()
-        from folovllm.worker.model_runner import AsyncModelRunnerOutput
+        from folovllm.worker.async_output import AsyncModelRunnerOutput
 
         wrap(AsyncModelRunnerOutput, "get", **host_timer("wait"))
     torch.cuda.synchronize()

@@ -1,11 +1,11 @@
 """Detokenization on the host, with a real byte-level BPE tokenizer (folo-tiny's): what it would
-cost per engine step at batch 256 if every request were detokenized every step, against m4's
+cost per engine step at batch 256 if every request were detokenized every step, against m8's
 rule (only requests with stop strings every step; the others once, when they finish).
 
 The engine's ``IncrementalDetokenizer`` is driven exactly as ``LLMEngine._apply`` drives it, on
 random output tokens; no model runs. Host-only: run it on the machine whose host you care about.
 
-    python benchmarks/detok_bench.py --milestone m4 --out benchmarks/results/m4_detok_cpu.json
+    python benchmarks/detok_bench.py --milestone m8 --out /tmp/detok_cpu.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from _common import ROOT, device_info, import_engine, write_json  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--milestone", default="m4")
+    ap.add_argument("--milestone", default="m8")
     ap.add_argument("--tokenizer", default=str(ROOT / "models" / "folo-tiny"))
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=200)
@@ -47,7 +47,7 @@ def main() -> None:
         for d, out in zip(detoks, outputs):
             d.update(out[step])
     per_step = (time.perf_counter() - t0) / args.steps
-    # m4's rule: no stop strings -> nothing per step; each request decoded once when it ends.
+    # m8's rule: no stop strings -> nothing per step; each request decoded once when it ends.
     detoks = [IncrementalDetokenizer(tok, p, []) for p in prompts]
     t0 = time.perf_counter()
     for d, out in zip(detoks, outputs):
@@ -69,7 +69,7 @@ def main() -> None:
     print(
         f"{args.batch} requests x {args.steps} tokens, {result['tokenizer']} (vocab {vocab}): "
         f"every request every step {result['every_step_ms_per_step']:.2f} ms/step "
-        f"({result['us_per_token']:.1f} us/token); m4 (at finish) {at_finish * 1e3:.0f} ms once = "
+        f"({result['us_per_token']:.1f} us/token); m8 (at finish) {at_finish * 1e3:.0f} ms once = "
         f"{result['at_finish_ms_per_step_amortized']:.2f} ms/step amortized, off the step path"
     )
     write_json(args.out, result)

@@ -6,7 +6,7 @@ No GPU needed: on the GPU machine the same Python also launches kernels and copi
 memory, which this leaves out; compare the two to split host time into "our Python" and
 "CUDA-side calls". Best of 5 runs of 40 steps.
 
-    python benchmarks/host_step_bench.py --milestone m4 --batch 256 --out benchmarks/results/m4_host_step_cpu.json
+    python benchmarks/host_step_bench.py --milestone m8 --batch 256 --out /tmp/host_step_cpu.json
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from _common import ROOT, device_info, import_engine, write_json  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--milestone", default="m4")
+    ap.add_argument("--milestone", default="m8")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--profile", action="store_true", help="also print cProfile's top functions")

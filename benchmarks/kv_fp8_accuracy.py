@@ -4,7 +4,7 @@ prompts, greedy, with the cache in the model's dtype and in fp8, on a trained mo
 Reports the share of generated tokens that agree (up to the first divergence, per prompt) and the
 error of the first token's logits (the prefill already reads K/V back from the cache).
 
-    python benchmarks/kv_fp8_accuracy.py --milestone m4 --out benchmarks/results/m4_kv_fp8_accuracy.json
+    python benchmarks/kv_fp8_accuracy.py --milestone m8 --out /tmp/kv_fp8_accuracy.json
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ PROMPTS = [
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--milestone", default="m4")
+    ap.add_argument("--milestone", default="m8")
     ap.add_argument("--model", default="folo-tiny")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-tokens", type=int, default=64)

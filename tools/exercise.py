@@ -70,15 +70,34 @@ SUGGESTED = [
         "the preemption loop: evict the newest, retry, no admission after",
     ),
     (
-        "m4",
-        "Scheduler.advance",
+        "m8",
+        "AsyncScheduler.update_after_schedule",
         "async scheduling's books: computed at launch, one placeholder per token in flight",
     ),
-    ("m4", "LLMEngine.step", "the async pipeline's order: launch step N+1, then apply step N"),
     (
-        "m4",
+        "m8",
+        "AsyncScheduler._last_token_in_flight",
+        "a stop by length is known ahead: no row for a request whose last token is in flight",
+    ),
+    (
+        "m8",
+        "LLMEngine._step_async",
+        "the async pipeline's order: launch step N+1, then apply step N",
+    ),
+    (
+        "m8",
         "InputBatch.fill_placeholders",
         "the in-flight token's id into the next inputs, on the device",
+    ),
+    (
+        "m8",
+        "SamplingMetadata.from_requests",
+        "sampling parameters on the device without a sync: all_greedy on the host, pinned copies",
+    ),
+    (
+        "m8",
+        "IncrementalDetokenizer.catch_up",
+        "text only when a request ends: queue the tokens, decode the span once",
     ),
 ]
 

@@ -2,7 +2,7 @@
 
     python benchmarks/latency_test.py --milestone m1 --model folo-tiny
     python benchmarks/latency_test.py --milestone m1 --model Qwen/Qwen3-0.6B --dummy-weights \
-        --input-len 128 --output-len 256 --hf --out benchmarks/results/m1_latency.json
+        --input-len 128 --output-len 256 --hf --out benchmarks/results/m1/latency_h100.json
 
 ``--batch-size N`` submits N prompts at once (m1 serves them one after another; m2+ batches them).
 ``--hf`` also times transformers' ``generate`` on the same weights and settings in the same run.

@@ -10,7 +10,9 @@ Every file is named ``<what>_<card>.json`` (card: ``h100``, ``h200``, ... from t
 (``bandwidth_<card>.json``), and every benchmark judges its "share of the floor" against that
 number, never against another card's. Each step's output goes to ``<what>_<card>.log`` beside
 its JSON as it finishes, so a call cut short still leaves what ran. ``suite_<card>.json`` lists the
-steps with their exit codes and seconds.
+steps with their exit codes and seconds. A milestone's own ``bench.py`` (m5-m7) names its files
+``m5_interference.json`` and the like; they are renamed to the same scheme
+(``interference_<card>.json``). ``python tools/results_page.py`` then rebuilds the results page.
 """
 
 from __future__ import annotations
@@ -82,6 +84,17 @@ def benches(key: str, out: Path, card: str, bw: float) -> list[tuple[str, list[s
     ]
 
 
+def rename_bench_files(out: Path, key: str, card: str) -> list[str]:
+    """``m5_interference_m4.json`` -> ``interference_m4_<card>.json`` (bench.py's names, m5-m7)."""
+    renamed = []
+    for path in sorted(out.glob(f"{key}_*")):
+        if path.suffix in (".json", ".png"):
+            new = out / f"{path.stem[len(key) + 1 :]}_{card}{path.suffix}"
+            path.replace(new)
+            renamed.append(new.name)
+    return renamed
+
+
 def card_name() -> tuple[str, str]:
     import torch
 
@@ -146,6 +159,8 @@ def main() -> int:
                 rc = subprocess.call(cmd, cwd=ROOT / cwd, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **env_path})  # fmt: skip
             secs = time.perf_counter() - t0
+            if name == "bench":
+                print("files:", " ".join(rename_bench_files(out, key, card)), flush=True)
             tail = (out / f"{name}_{card}.log").read_text().strip().splitlines()[-3:]
             print("\n".join(tail), f"\n-> rc {rc}, {secs:.0f} s", flush=True)
             failed += rc != 0

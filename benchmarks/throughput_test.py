@@ -5,7 +5,7 @@ The workload (nano-vllm's bench.py): ``random.seed(0)``; for each of 256 request
 ``max_tokens = randint(100, 1024)``, ``temperature=0.6``, ``ignore_eos=True`` -> 133,966 output tokens.
 
     python benchmarks/throughput_test.py --milestone m2 --model Qwen/Qwen3-0.6B --dummy-weights \
-        --out benchmarks/results/m2_throughput.json
+        --out benchmarks/results/m2/throughput_h100.json
     python benchmarks/throughput_test.py --milestone m1 --num-seqs 32 --max-input-len 256 --max-output-len 256
 """
 

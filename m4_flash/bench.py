@@ -28,7 +28,7 @@ if __name__ == "__main__":
         for m in ("m3", "m4"):
             rc |= run("latency_test.py", "--milestone", m, *model, "--input-len", "128",
                       "--output-len", "256")  # fmt: skip
-        rc |= run("attention_bench.py", "--quick")
+        rc |= run("kernels/attention_bench.py", "--quick")
         sys.exit(rc)
     has_tiny = (ROOT / "models" / "folo-tiny" / "config.json").is_file()
     model = (

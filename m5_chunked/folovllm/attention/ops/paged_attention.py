@@ -153,7 +153,7 @@ def _paged_attention_kernel(
     )
 
 
-# Tile configurations picked with benchmarks/attention_tune.py on an H100 (Qwen3-0.6B's shape):
+# Tile configurations picked with benchmarks/kernels/attention_tune.py on an H100 (Qwen3-0.6B):
 # long prefills gain 3-11% from 128x128 tiles with 8 warps and 3 stages; short or mixed batches
 # keep 64-row tiles so that one-token rows of a mixed step waste less of each tile.
 LONG_PREFILL = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)

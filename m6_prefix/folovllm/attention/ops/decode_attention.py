@@ -127,7 +127,8 @@ def _merge_kernel(
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, num_sms: int, max_splits: int = 64) -> int:
     """Splits so that stage 1 has up to four programs per SM: the largest power of two that fits
-    (benchmarks/attention_tune.py on an H100: batch 16 -> 4 splits, batch 1 -> 64 were fastest)."""
+    (benchmarks/kernels/attention_tune.py on an H100: batch 16 -> 4 splits, batch 1 -> 64 were
+    fastest)."""
     want = max(1, (4 * num_sms) // max(1, num_seqs * num_kv_heads))
     return min(max_splits, 1 << (want.bit_length() - 1))
 

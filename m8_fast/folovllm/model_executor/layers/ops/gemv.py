@@ -66,17 +66,17 @@ def use_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """gemv() instead of cuBLAS for ``x`` [rows, k] @ ``weight`` [n, k]^T? At one row always; at 2-4
     rows only when n <= k (o_proj, down_proj): there cuBLAS's small-M kernels read the weight at a
     fraction of the bandwidth, while on wide outputs (qkv, gate_up) it is faster from 2 rows up
-    (benchmarks/gemv_bench.py --sweep, one H200, weights not in L2)."""
+    (benchmarks/kernels/gemv_bench.py --sweep, one H200, weights not in L2)."""
     rows = x.shape[0]
     narrow = rows <= GEMV_MAX_ROWS and weight.shape[0] <= weight.shape[1]
     return fused.use_fused(x) and (rows == 1 or narrow)
 
 
 def gemv_config(n: int, k: int, m: int = 1) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps), from benchmarks/gemv_bench.py --sweep on an H100 (weights not
-    in L2, PDL on). One row: wide outputs (qkv, gate_up) take four rows per one-warp program;
-    narrow ones (o, down) read 2,048 columns per load. 2-4 rows: two rows of 1,024 columns per
-    two-warp program (an H200 sweep)."""
+    """(BLOCK_N, BLOCK_K, num_warps), from benchmarks/kernels/gemv_bench.py --sweep on an H100
+    (weights not in L2, PDL on). One row: wide outputs (qkv, gate_up) take four rows per one-warp
+    program; narrow ones (o, down) read 2,048 columns per load. 2-4 rows: two rows of 1,024
+    columns per two-warp program (an H200 sweep)."""
     if m > 1:
         return 2, 1024, 2
     if n > k:  # qkv 4096 x 1024, gate_up 6144 x 1024

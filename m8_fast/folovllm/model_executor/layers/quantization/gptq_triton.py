@@ -20,8 +20,8 @@ unpacks its eight values in registers; the bf16 weight never exists in memory. T
 Both split K over ``split_k`` programs when the output has too few tiles to fill the GPU; the
 splits write fp32 partial sums and a second kernel adds them in a fixed order (deterministic,
 unlike atomics). What this buys (one H200, bf16, group 128, CUDA graph of launches over weights
-that do not fit in L2; benchmarks/gptq_kernel_bench.py): at M = 1, 1.17-1.55x faster than bf16
-``F.linear`` on Qwen3-8B's layers (gate_up 37 us = 1.4 TB/s of packed weight), on par at
+that do not fit in L2; benchmarks/kernels/gptq_kernel_bench.py): at M = 1, 1.17-1.55x faster than
+bf16 ``F.linear`` on Qwen3-8B's layers (gate_up 37 us = 1.4 TB/s of packed weight), on par at
 Qwen3-0.6B's (~6 us, launch-bound); at M = 8-64 the tl.dot kernel is 0.6-1.0x of bf16.
 
 Prefill (many rows): ``gptq_dequantize`` writes ``W`` once in the activation dtype and cuBLAS
@@ -387,7 +387,7 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-# Defaults per shape class, from benchmarks/gptq_kernel_bench.py --tune (bf16, group 128).
+# Defaults per shape class, from benchmarks/kernels/gptq_kernel_bench.py --tune (bf16, group 128).
 GEMV_MAX_M = 1  # rows served by the FMA kernel; more rows take the tl.dot kernel
 _BLOCK_M_FOR_ROWS = ((16, 16), (32, 32))  # (max M, BLOCK_M); more rows: 64
 PROGRAMS_PER_SM = {16: 8, None: 2}  # split K until the grid has this many programs per SM

@@ -6,7 +6,7 @@ Triton kernels (m4) side by side, with the roofline figure of merit for each sha
 - Decode (batch 1 / 16 / 64 / 256, context 512 / 2k / 8k): GB/s of K/V read (every cached K and V
   byte once) against the card's measured copy bandwidth.
 
-    python benchmarks/attention_bench.py --out benchmarks/results/m4_attention_h100.json [--plot P.png]
+    python benchmarks/kernels/attention_bench.py --out benchmarks/results/m4/attention_h100.json [--plot P.png]
 Qwen3-0.6B's attention shape (16 query heads, 8 KV heads, head_dim 128), bf16, block size 16; every
 variant is timed in a CUDA graph where it can be captured (no launch overhead), SDPA with enable_gqa.
 """
@@ -18,7 +18,7 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 from _common import device_info, import_engine, write_json  # noqa: E402
 
 H, KVH, D, BS = 16, 8, 128, 16

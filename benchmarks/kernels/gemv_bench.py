@@ -7,7 +7,7 @@ timing one matrix over and over would measure L2, not HBM). GB/s counts the weig
 once, against the card's copy bandwidth measured in the same run. ``--sweep`` also times every
 (BLOCK_N, BLOCK_K, num_warps) and reports the best per shape.
 
-    python benchmarks/gemv_bench.py --milestone m8 --sweep --out /tmp/gemv_h100.json
+    python benchmarks/kernels/gemv_bench.py --milestone m8 --sweep --out /tmp/gemv_h100.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import itertools
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 from _common import device_info, import_engine, write_json  # noqa: E402
 
 SHAPES = {"qkv": (4096, 1024), "o": (1024, 2048), "gate_up": (6144, 1024), "down": (1024, 3072)}
@@ -102,8 +102,8 @@ def main() -> None:
                   + (f"; best {best[0]} {best[1]:.2f} us ({t_cublas / best[1]:.2f}x)" if best else ""))  # fmt: skip
         if name == "down" and "silu_mul" in inspect.signature(gemv_ops.gemv).parameters:
             # The MLP's SiLU-mul inside the down GEMV vs the two kernels it replaces, one row. Only
-            # for code whose gemv takes silu_mul (commit 75dfeda: slower, so 166f9c9 removed it;
-            # m4_gemv_h100.json keeps the timing).
+            # for a gemv that takes silu_mul (a variant m8 does not keep: it was slower;
+            # m8/gemv_h100.json keeps the timing).
             gate_up = torch.randn(1, 2 * k, device="cuda", dtype=torch.bfloat16)
             two = cold_time_us(torch, lambda x, w: gemv_ops.gemv(fused.silu_and_mul(x), w),
                                weights, gate_up)  # fmt: skip

@@ -2,7 +2,7 @@
 counts on the GPU, check every variant against the default one, and time each in a CUDA graph
 (no launch overhead), Qwen3-0.6B's attention shape, bf16.
 
-    python benchmarks/attention_tune.py --out benchmarks/results/m4_attention_tune_h100.json
+    python benchmarks/kernels/attention_tune.py --out benchmarks/results/m4/attention_tune_h100.json
 Prints the best configuration per shape and how far the default is from it.
 """
 
@@ -14,7 +14,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 from _common import device_info, import_engine, write_json  # noqa: E402
 
 H, KVH, D = 16, 8, 128

@@ -1,8 +1,8 @@
 """GPTQ 4-bit kernels vs bf16 ``F.linear`` at decode batch sizes (m7), Qwen3-8B and -0.6B shapes.
 
-    python benchmarks/gptq_kernel_bench.py --out benchmarks/results/m7_gptq_kernels_h100.json
-    python benchmarks/gptq_kernel_bench.py --tune            # also sweep kernel configurations
-    python benchmarks/gptq_kernel_bench.py --dry-run         # tiny shapes, Triton interpreter, CPU
+    python benchmarks/kernels/gptq_kernel_bench.py --out benchmarks/results/m7/gptq_kernel_h100.json
+    python benchmarks/kernels/gptq_kernel_bench.py --tune            # also sweep kernel configurations
+    python benchmarks/kernels/gptq_kernel_bench.py --dry-run         # tiny shapes, Triton interpreter, CPU
 
 For each (K, N) and M: first ``gptq_matmul``, ``gptq_gemm`` and dequantize + matmul are checked
 against ``x @ W`` in float32, then each is timed as a CUDA graph of R launches over R different
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 from _common import H100_COPY_BYTES_PER_S, device_info, import_engine, write_json  # noqa: E402
 
 SHAPES = {  # name -> (K, N) of y = x @ W, W [K, N] (weight [N, K])

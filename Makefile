@@ -5,10 +5,11 @@ VPY         := $(abspath $(VENV))/bin/python
 # The CPU build of torch by default; on a CUDA machine: make setup TORCH_SPEC=torch
 TORCH_SPEC  ?= torch==2.13.0
 STAMP       := $(VENV)/.installed
-MILESTONES  := $(sort $(wildcard m[0-7]_*))
+# Every m<number>_<name> directory, by number (m10 after m9, not after m1).
+MILESTONES  := $(shell ls -d m[0-9]*_*/ 2>/dev/null | sed 's:/$$::' | grep -E '^m[0-9]+_' | sort -t_ -k1.2,1n)
 NEWEST      := $(lastword $(MILESTONES))
-# A milestone by its number: m3 -> m3_paged
-mdir         = $(firstword $(wildcard $(1)_*))
+# A milestone by its number: m3 -> m3_paged (the underscore keeps m1 from matching m10_tp)
+mdir         = $(or $(patsubst %/,%,$(firstword $(wildcard $(1)_*/))),$(error no milestone $(1)_*))
 PYTEST_ARGS ?= -q
 
 .PHONY: setup demo test test-root lineage lint format coverage check docs docs-serve clean help
@@ -28,19 +29,29 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	cd $(NEWEST) && PYTHONPATH=. $(VPY) -m folovllm demo
 
-# Every milestone's suite in its own process (only that milestone's folovllm importable),
-# then the cross-milestone tests, the lineage check and a strict docs build.
-# TEST_JOBS suites run side by side (tools/run_suites.py; TEST_JOBS=1: one after another).
+# The lineage check and a strict docs build (quick), then every milestone's suite in its own
+# process (only that milestone's folovllm importable) and the repository's own tests (tests/:
+# cross-milestone, tools, docs), TEST_JOBS side by side (tools/run_suites.py; TEST_JOBS=1: one
+# after another). A test module that, with every engine file it uses, is byte-identical to an
+# earlier milestone's is not run again: its result there counts (tools/run_suites.py --plan says
+# which and why; SUITE_ARGS=--no-reuse runs everything). make test-mK always runs one whole suite.
+# Everything runs even when something fails; the last line sums up the tests.
 TEST_JOBS   ?= 2
+SUITE_ARGS  ?=
+LINEAGE_CMD  = $(VPY) tools/milestones.py check
+DOCS_CMD     = $(VPY) tools/milestones.py diffs && $(VPY) -m mkdocs build --strict --site-dir site
 test: $(STAMP)
-	$(VPY) tools/run_suites.py $(MILESTONES) --jobs $(TEST_JOBS) -- $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory test-root lineage docs
+	status=0; \
+	$(LINEAGE_CMD) || status=1; \
+	{ $(DOCS_CMD); } || status=1; \
+	$(VPY) tools/run_suites.py $(MILESTONES) --with-root-tests --jobs $(TEST_JOBS) $(SUITE_ARGS) -- $(PYTEST_ARGS) || status=1; \
+	exit $$status
 
 test-root: $(STAMP)
 	$(VPY) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
 
 lineage: $(STAMP)
-	$(VPY) tools/milestones.py check
+	$(LINEAGE_CMD)
 
 test-m%: $(STAMP)
 	cd $(call mdir,m$*) && PYTHONPATH=. $(VPY) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
@@ -68,8 +79,7 @@ coverage: $(STAMP)
 check: lint test
 
 docs: $(STAMP)
-	$(VPY) tools/milestones.py diffs
-	$(VPY) -m mkdocs build --strict --site-dir site
+	$(DOCS_CMD)
 
 docs-serve: $(STAMP)
 	$(VPY) tools/milestones.py diffs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MILESTONES = sorted(p.name for p in ROOT.glob("m[0-9]_*") if p.is_dir() and p.name[1] != "0")
+
+
+def number(milestone: str) -> int:
+    """m10_tp -> 10; -1 for a name that is not a milestone's."""
+    match = re.fullmatch(r"m(\d+)_\w+", milestone)
+    return int(match.group(1)) if match else -1
+
+
+# Every milestone from m1 on, by number (m10 after m9).
+MILESTONES = sorted(
+    (p.name for p in ROOT.iterdir() if p.is_dir() and number(p.name) >= 1), key=number
+)
 PROMPTS = [
     "The for statement",
     "A list comprehension provides a concise way",
@@ -33,8 +45,8 @@ CHUNKED = {"max_num_batched_tokens": 5, "block_size": 4}  # m5+: prompts cut int
 PREFIX = {"max_num_batched_tokens": 5, "block_size": 4, "enable_prefix_caching": True, "_passes": 2}
 RUNS = (
     [(m, {}) for m in MILESTONES]
-    + [(m, CHUNKED) for m in MILESTONES if int(m[1]) >= 5]
-    + [(m, PREFIX) for m in MILESTONES if int(m[1]) >= 6]
+    + [(m, CHUNKED) for m in MILESTONES if number(m) >= 5]
+    + [(m, PREFIX) for m in MILESTONES if number(m) >= 6]
 )
 
 SCRIPT = """

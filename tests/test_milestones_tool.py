@@ -258,6 +258,34 @@ def test_list(tmp_path: Path) -> None:
     ]
 
 
+def test_milestones_order_by_number_past_nine(tmp_path: Path) -> None:
+    """m10 comes after m9 (not after m1), is the newest, and ``m1`` still means m1_basic."""
+    root = make_tree(tmp_path)
+    for name, previous in (("m9_serve", "m2_batching"), ("m10_tp", "m9_serve")):
+        shutil.copytree(root / "m2_batching", root / name)
+        manifest = f'name = "{name}"\ntitle = "{name}"\nprevious = "{previous}"\n'
+        write(root / name / "milestone.toml", manifest + 'diff_budget = 0\nclaim = "x"\n')
+    write_pyproject(root, "m9_serve", "m10_tp")
+    assert problems(run_tool(root, "check")) == [
+        'pyproject.toml: [tool.setuptools.package-dir] "" is "m9_serve"'
+        ' but must be "m10_tp" (the newest milestone)'
+    ]
+    write_pyproject(root, "m10_tp", "m10_tp")
+    result = run_tool(root, "check")
+    assert result.returncode == 0, result.stdout
+    assert "m10_tp: OK  0 added, 0 changed, 0 removed" in result.stdout
+    titles = [line for line in run_tool(root, "list").stdout.splitlines() if line[0] != " "]
+    assert [t.split(":")[0] for t in titles] == [
+        "m0_init",
+        "m1_basic",
+        "m2_batching",
+        "m9_serve",
+        "m10_tp",
+    ]
+    assert "b/m1_basic/folovllm/model.py" in run_tool(root, "diff", "m1").stdout
+    assert run_tool(root, "diff", "m10").returncode == 0
+
+
 def test_diff_shows_the_changes_sorted_by_path(tmp_path: Path) -> None:
     root = make_tree(tmp_path)
     result = run_tool(root, "diff", "m1")

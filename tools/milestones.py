@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Milestone lineage tool: keep the engine copies m0_init ... m7_gptq from drifting apart.
+"""Milestone lineage tool: keep the engine copies (m0_init, m1_basic, ...) from drifting apart.
 
-Every milestone directory ``mK_name/`` holds a complete copy of the engine. Its ``milestone.toml``
-declares the files it adds, changes and removes relative to the milestone before it; every other
-file must be byte-identical to the previous milestone's copy (see learn/architecture.md, "Lineage").
+Every milestone directory ``mK_name/`` holds a complete copy of the engine; K orders them (as a
+number: m10 comes after m9). Its ``milestone.toml`` declares the files it adds, changes and removes
+relative to the milestone before it; every other file must be byte-identical to the previous
+milestone's copy (see learn/architecture.md, "Lineage").
 
 Usage (from the repository root; stdlib only)::
 
@@ -11,7 +12,7 @@ Usage (from the repository root; stdlib only)::
     python tools/milestones.py list               # milestones in order, with title and claim
     python tools/milestones.py diff m2 [--stat]   # what m2_batching changes relative to m1_basic
     python tools/milestones.py port m1 folovllm/config.py [--base REV | --old-file FILE]
-                                                  # carry an edit made in m1_basic on to m2 ... m7
+                                                  # carry an edit made in m1_basic on to m2, m3, ...
     python tools/milestones.py diffs [--out DIR]  # markdown diff pages for the docs (learn/diffs/)
 
 ``--root DIR`` (before or after the subcommand) runs on another tree; the default is the repository
@@ -159,7 +160,7 @@ def load_manifest(mdir: Path, is_first: bool = False) -> Manifest:
 
 
 def find_milestones(root: Path) -> list[Milestone]:
-    """The ``m<digit>_*`` directories under ``root``, in milestone order, manifests loaded."""
+    """The ``m<number>_*`` directories under ``root``, by number, manifests loaded."""
     found = []
     for entry in root.iterdir():
         match = MILESTONE_DIR.fullmatch(entry.name)
@@ -435,7 +436,7 @@ def check_tree(root: Path) -> tuple[list[str], list[str]]:
     """All lineage problems of the tree, and the per-milestone OK summaries."""
     milestones = find_milestones(root)
     if not milestones:
-        return [f"no milestone directories (m<digit>_<name>) under {root}"], []
+        return [f"no milestone directories (m<number>_<name>) under {root}"], []
     problems: list[str] = []
     summaries: list[str] = []
     seen: dict[int, str] = {}

@@ -72,7 +72,10 @@ def benches(key: str, out: Path, card: str, bw: float) -> list[tuple[str, list[s
         kv = ["--kv-cache-memory-gb", "16"] if n == 3 else ["--num-seqs", "32"]
         cmd = [PY, "benchmarks/compare.py", "--milestones", prev, key, "--out"]
         return [("compare", [*cmd, str(out / f"compare_{card}.json"), "--", *MODEL, *kv], ".")]
-    if n in (5, 6):  # their own bench.py runs both milestones in one call
+    if n == 5:  # its bench.py runs m4 and m5 in one call; then the workload on both
+        return [("bench", [PY, f"{mdir(key)}/bench.py", "--out-dir", str(out), *MODEL], "."),
+                thr(key, "throughput"), thr(prev, f"baseline_{prev}_throughput")]  # fmt: skip
+    if n == 6:  # its bench.py runs m5 and m6 in one call
         return [("bench", [PY, f"{mdir(key)}/bench.py", "--out-dir", str(out), *MODEL], ".")]
     if n == 7:  # bf16 vs GPTQ at two shapes
         return [("bench", [PY, f"{mdir(key)}/bench.py", "--out-dir", str(out), *floor], ".")]
@@ -82,6 +85,43 @@ def benches(key: str, out: Path, card: str, bw: float) -> list[tuple[str, list[s
         thr(key, "throughput"),
         thr(prev, f"baseline_{prev}_throughput"),
     ]
+
+
+def extras(key: str, out: Path, card: str, bw: float) -> list[tuple[str, list[str], str]]:
+    """The measurements behind a note's table beyond the headline (``--extras``): one knob off at a
+    time against the headline run, named ``<knob>_off_<what>_<card>.json``. An environment
+    variable a step needs is written ``env:NAME=VALUE`` ahead of the command."""
+    floor = ["--bandwidth", str(bw)]
+
+    def run(name: str, script: str, *extra: str, env: str | None = None, floor_ok: bool = True):
+        cmd = [PY, f"benchmarks/{script}", "--milestone", key, *extra]
+        cmd += [*(floor if floor_ok else []), "--out", str(out / f"{name}_{card}.json")]
+        return name, ([f"env:{env}"] if env else []) + cmd, "."
+
+    lat = ("latency_test.py", *MODEL, *LATENCY)
+    thr = ("throughput_test.py", *MODEL)
+    prof = ("step_profile.py", *MODEL, "--batch", "256", "--context", "512")
+    eager = ("eager_profile.py", *MODEL, "--tokens", "64", "2048", "--cudagraph-mode")
+    if key == "m4":
+        return [run("latency_eager", *lat, "--enforce-eager"),
+                run("prefill_step_decode_graphs", *eager, "decode", floor_ok=False),
+                run("prefill_step_full_graphs", *eager, "full", floor_ok=False),
+                run("step_profile", *prof, floor_ok=False)]  # fmt: skip
+    if key == "m8":
+        off = ("--async-scheduling", "off")
+        return [run("async_off_latency", *lat, *off),
+                run("async_off_throughput", *thr, *off),
+                run("step_profile", *prof, "--kernels", floor_ok=False),
+                run("async_off_step_profile", *prof, *off, floor_ok=False),
+                run("pdl_off_latency", *lat, env="FOLOVLLM_PDL=0"),
+                run("fused_off_latency", *lat, env="FOLOVLLM_FUSED_KERNELS=0"),
+                run("fused_off_throughput", *thr, env="FOLOVLLM_FUSED_KERNELS=0"),
+                run("kv_fp8_throughput", *thr, "--kv-cache-dtype", "fp8"),
+                run("kernels_b1", "step_profile.py", *MODEL, "--batch", "1", "--context", "256",
+                    "--kernels", floor_ok=False),
+                run("kv_fp8_accuracy", "kv_fp8_accuracy.py", floor_ok=False),
+                run("gemv", "kernels/gemv_bench.py", "--sweep", floor_ok=False)]  # fmt: skip
+    return []
 
 
 def rename_bench_files(out: Path, key: str, card: str) -> list[str]:
@@ -128,6 +168,7 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--skip-checks", action="store_true")
     ap.add_argument("--skip-benches", action="store_true")
+    ap.add_argument("--extras", action="store_true", help="also the one-knob-off runs (m4, m8)")
     ap.add_argument("--list", action="store_true", help="print the steps, run nothing")
     args = ap.parse_args()
     if args.list:
@@ -144,6 +185,7 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
         steps = [] if args.skip_checks else gpu_tests(key)
         steps += [] if args.skip_benches else benches(key, out, card, bw)
+        steps += extras(key, out, card, bw) if args.extras else []
         record = {"milestone": mdir(key), "card": card, "device": device,
                   "copy_bytes_per_s": bw, "steps": []}  # fmt: skip
         if not args.list:
@@ -155,6 +197,9 @@ def main() -> int:
                 continue
             t0 = time.perf_counter()
             env_path = {"PYTHONPATH": "."} if cwd != "." else {}
+            while cmd[0].startswith("env:"):
+                name_value, cmd = cmd[0][4:], cmd[1:]
+                env_path[name_value.split("=")[0]] = name_value.split("=", 1)[1]
             with open(out / f"{name}_{card}.log", "w") as log:
                 rc = subprocess.call(cmd, cwd=ROOT / cwd, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **env_path})  # fmt: skip

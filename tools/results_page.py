@@ -11,8 +11,9 @@ One row per milestone, card and headline measurement that has a baseline measure
 - ``throughput_<card>.json`` (output tok/s on a workload), against
   ``baseline_<mK>_throughput_<card>.json``;
 - ``compare_<card>.json`` (``benchmarks/compare.py``: two milestones on one workload);
-- ``<switch>_on_<what>_<card>.json`` against ``<switch>_off_<what>_<card>.json``, ``<what>`` being
-  ``latency`` or ``throughput``: one engine with one feature on and off;
+- ``<switch>_off_<what>_<card>.json`` against ``<switch>_on_<what>_<card>.json``, or against the
+  headline ``<what>_<card>.json`` where there is no ``_on_`` file (``suite.py --extras``), ``<what>``
+  being ``latency`` or ``throughput``: one engine with one feature on and off;
 - ``gptq_<card>.json`` (batch-1 TPOT, GPTQ against bf16) and ``prefix_<card>.json`` (tok/s with and
   without prefix caching), the merged files of m7's and m6's ``bench.py``.
 
@@ -42,6 +43,7 @@ SWITCHES = {
     "host_cuts": "host-work cuts + PDL",
     "pdl": "programmatic dependent launch (PDL)",
     "kv_fp8": "fp8 KV cache",
+    "fused": "fused RMSNorm, RoPE and SiLU-mul kernels",
 }
 COLUMNS = [
     "milestone",
@@ -242,10 +244,11 @@ def rows_for(folder: Path) -> list[list[str]]:
             out.append(row(name, card, cur["device"], model_label(cur["config"]),
                            throughput_workload(cur), throughput_side(cur), throughput_side(prev),
                            data["milestones"][0], folder, "tok_s"))  # fmt: skip
-        for on in sorted(folder.glob(f"*_on_*_{card}.json")):
-            switch, what = re.fullmatch(rf"(\w+?)_on_(\w+)_{card}\.json", on.name).groups()
-            off = folder / on.name.replace("_on_", "_off_", 1)
-            if what not in ("latency", "throughput") or not off.is_file():
+        for off in sorted(folder.glob(f"*_off_*_{card}.json")):
+            switch, what = re.fullmatch(rf"(\w+?)_off_(\w+)_{card}\.json", off.name).groups()
+            on = folder / off.name.replace("_off_", "_on_", 1)
+            on = on if on.is_file() else folder / f"{what}_{card}.json"  # the headline run
+            if what not in ("latency", "throughput") or not on.is_file():
                 continue
             data, base = load(on), load(off)
             side, work = (

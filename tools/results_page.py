@@ -43,7 +43,7 @@ SWITCHES = {
     "host_cuts": "host-work cuts + PDL",
     "pdl": "programmatic dependent launch (PDL)",
     "kv_fp8": "fp8 KV cache",
-    "fused": "fused RMSNorm, RoPE and SiLU-mul kernels",
+    "fused": "m8's kernels: fused RMSNorm, RoPE, SiLU-mul and q/k-norm, the decode GEMV, the one-pass sampler",
 }
 COLUMNS = [
     "milestone",

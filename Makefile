@@ -12,10 +12,10 @@ NEWEST      := $(lastword $(MILESTONES))
 mdir         = $(or $(patsubst %/,%,$(firstword $(wildcard $(1)_*/))),$(error no milestone $(1)_*))
 PYTEST_ARGS ?= -q
 
-.PHONY: setup demo test test-root lineage lint format coverage check docs docs-serve clean help
+.PHONY: setup demo serve test test-root lineage lint format coverage check docs docs-serve clean help
 
 help:
-	@echo "make demo | test | test-mK | run-mK [ARGS=...] | bench-mK | diff-mK | lint | format | coverage | check | docs | docs-serve"
+	@echo "make demo | serve [ARGS=...] | test | test-mK | run-mK [ARGS=...] | bench-mK | diff-mK | lint | format | coverage | check | docs | docs-serve"
 	@echo "milestones: $(MILESTONES)"
 
 setup: $(STAMP)
@@ -23,11 +23,15 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(VPY) -m pip install -q --disable-pip-version-check -e ".[dev,docs]"
+	$(VPY) -m pip install -q --disable-pip-version-check -e ".[dev,docs,serve]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	cd $(NEWEST) && PYTHONPATH=. $(VPY) -m folovllm demo
+
+# The OpenAI-compatible server of the newest milestone (m9+): make serve ARGS="--model folo-tiny --port 8000"
+serve: $(STAMP)
+	cd $(NEWEST) && PYTHONPATH=. $(VPY) -m folovllm serve $(ARGS)
 
 # The lineage check and a strict docs build (quick), then every milestone's suite in its own
 # process (only that milestone's folovllm importable) and the repository's own tests (tests/:

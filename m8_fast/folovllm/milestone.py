@@ -10,6 +10,7 @@ MILESTONES = (
     "m6_prefix",
     "m7_gptq",
     "m8_fast",
+    "m9_serve",
 )
 
 MILESTONE = "m8_fast"

@@ -165,6 +165,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         enable_prefix_caching=args.enable_prefix_caching or None,
         enforce_eager=args.enforce_eager,
+        kv_cache_memory_gb=args.kv_cache_memory_gb,
+        gpu_memory_utilization=args.gpu_memory_utilization,
     )
     fields = {f.name for f in dataclasses.fields(ServerArgs)}
     return run_server(config, ServerArgs(**{k: v for k, v in vars(args).items() if k in fields}))
@@ -174,6 +176,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     _add_engine_args(p)
     for flag in ("--max-num-seqs", "--max-num-batched-tokens", "--num-gpu-blocks", "--block-size"):
         p.add_argument(flag, type=int, default=None)
+    p.add_argument("--kv-cache-memory-gb", type=float, default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=None)
     p.add_argument("--enable-prefix-caching", action="store_true")
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines")

@@ -245,8 +245,8 @@ class OpenAIServing:
         yield "data: [DONE]\n\n"
 
     def _completion_chunk(self, job: Job, index: int, out: RequestOutput) -> list[dict]:
-        if not out.text and not out.finished:
-            return []
+        if not out.text and not out.token_ids and not out.finished:
+            return []  # a chunk per step with new tokens (text may be "": a partial character)
         choice = {"index": index, "text": out.text, "logprobs": None}
         return [self._chunk(job, choice | {"finish_reason": out.finish_reason})]
 
@@ -255,7 +255,7 @@ class OpenAIServing:
         if index not in job.started:  # the first chunk of a choice names the role
             job.started.add(index)
             chunks.append(self._chat_delta(job, index, {"role": "assistant", "content": ""}))
-        if out.text:
+        if out.text or out.token_ids:
             chunks.append(self._chat_delta(job, index, {"content": out.text}))
         if out.finished:
             chunks.append(self._chat_delta(job, index, {}, out.finish_reason))

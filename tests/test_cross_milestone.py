@@ -52,16 +52,18 @@ RUNS = (
 SCRIPT = """
 import json, sys
 from folovllm import LLM, SamplingParams, MILESTONE
-options = json.loads(sys.argv[4])
-passes = options.pop("_passes", 1)
-llm = LLM(model=sys.argv[1], device="cpu", dtype="float32", **options)
 prompts, max_tokens = json.loads(sys.argv[2]), json.loads(sys.argv[3])
 params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in max_tokens]
-for _ in range(passes):
-    outs = llm.generate(prompts, params, use_tqdm=False)
-print(json.dumps({"milestone": MILESTONE, "tokens": [o.token_ids for o in outs],
-                  "prompt_ids": [o.prompt_token_ids for o in outs],
-                  "prefix_hits": getattr(llm.engine, "prefix_cache_stats", dict)().get("hits", 0)}))
+results = []
+for options in json.loads(sys.argv[4]):  # one engine per option set, one import for all
+    passes = options.pop("_passes", 1)
+    llm = LLM(model=sys.argv[1], device="cpu", dtype="float32", **options)
+    for _ in range(passes):
+        outs = llm.generate(prompts, params, use_tqdm=False)
+    results.append({"milestone": MILESTONE, "tokens": [o.token_ids for o in outs],
+                    "prompt_ids": [o.prompt_token_ids for o in outs],
+                    "prefix_hits": getattr(llm.engine, "prefix_cache_stats", dict)().get("hits", 0)})
+print(json.dumps(results))
 """
 
 
@@ -74,11 +76,12 @@ def _make_checkpoint():
     return mod.make_checkpoint
 
 
-def run_milestone(milestone: str, model: Path, options: dict | None = None) -> dict:
+def run_milestone(milestone: str, model: Path, options: list[dict]) -> list[dict]:
+    """Every option set of ``options`` on ``milestone``, in one process (imports dominate)."""
     # One torch thread each: the runs go side by side, one per core (a tiny model gains nothing
     # from intra-op threads, and the processes are mostly import time).
     env = dict(os.environ, PYTHONPATH=str(ROOT / milestone), OMP_NUM_THREADS="1")
-    args = [str(model), json.dumps(PROMPTS), json.dumps(MAX_TOKENS), json.dumps(options or {})]
+    args = [str(model), json.dumps(PROMPTS), json.dumps(MAX_TOKENS), json.dumps(options)]
     res = subprocess.run(
         [sys.executable, "-c", SCRIPT, *args],
         capture_output=True,
@@ -88,7 +91,7 @@ def run_milestone(milestone: str, model: Path, options: dict | None = None) -> d
     )
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["milestone"] == milestone
+    assert [o["milestone"] for o in out] == [milestone] * len(options)
     return out
 
 
@@ -107,27 +110,32 @@ def hf_margin(model: Path, ids: list[int]) -> float:
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
 def test_all_milestones_agree(tmp_path, kind):
     model = _make_checkpoint()(tmp_path / kind, kind)
+
+    def name(m: str, kw: dict) -> str:
+        return m + "".join(f" {k}={v}" for k, v in kw.items())
+
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         futures = {
-            m + "".join(f" {k}={v}" for k, v in kw.items()): pool.submit(
-                run_milestone, m, model, kw
-            )
-            for m, kw in RUNS
+            m: pool.submit(run_milestone, m, model, [kw for n, kw in RUNS if n == m])
+            for m in reversed(MILESTONES)  # the later, slower ones first
         }
-        results = {name: f.result() for name, f in futures.items()}
+        results = {}
+        for m, future in futures.items():
+            runs = [kw for n, kw in RUNS if n == m]
+            results.update({name(m, kw): out for kw, out in zip(runs, future.result())})
     for m, kw in RUNS:
         if kw.get("enable_prefix_caching"):  # the second pass really started after cached blocks
-            assert results[m + "".join(f" {k}={v}" for k, v in kw.items())]["prefix_hits"] > 0
+            assert results[name(m, kw)]["prefix_hits"] > 0
     ref_name = MILESTONES[0]
     ref = results[ref_name]
-    for name, res in results.items():
+    for label, res in results.items():
         for i, (a, b) in enumerate(zip(ref["tokens"], res["tokens"])):
             if a == b:
                 continue
             step = next(k for k, (x, y) in enumerate(zip(a, b)) if x != y)
             margin = hf_margin(model, ref["prompt_ids"][i] + a[:step])
             assert margin < TIE, (
-                f"{name} differs from {ref_name} on prompt {i} at step {step} (margin {margin:.2e})"
+                f"{label} differs from {ref_name} on prompt {i} at step {step} (margin {margin:.2e})"
             )
             pytest.skip(
                 f"prompt {i} step {step}: two logits tie within {TIE}; milestones may pick either"

@@ -245,6 +245,8 @@ BAD = [
         "messages",
     ),
     ("chat/completions", {"model": MODEL, "messages": CHAT, "logprobs": True}, "logprobs"),
+    ("chat/completions", {"model": MODEL, "messages": CHAT, "max_tokens": 0}, "max_tokens"),
+    ("chat/completions", {"model": MODEL, "messages": CHAT, "temperature": -1}, "temperature"),
 ]
 
 

@@ -115,3 +115,17 @@ def test_async_llm_cancel_frees_blocks_and_rejects_bad_params(engine):
 
     asyncio.run(main())
     assert pool_is_free(engine)
+
+
+def test_a_client_that_leaves_a_json_request_aborts_it(engine):
+    """Not streamed: the server notices the closed connection and aborts the request."""
+    srv = RunningServer(engine)
+    try:
+        aborted = 'folovllm:request_success_total{finished_reason="abort"}'
+        before = metrics(srv.url).get(aborted, 0)
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+            httpx.post(f"{srv.url}/v1/completions", json=LONG, timeout=httpx.Timeout(1.0))
+        wait_until(lambda: metrics(srv.url).get(aborted, 0) == before + 1, "the request aborted")
+        wait_until(lambda: pool_is_free(engine), "its blocks are free")
+    finally:
+        srv.stop()

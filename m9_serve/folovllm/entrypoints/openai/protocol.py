@@ -30,9 +30,10 @@ class SamplingFields(OpenAIBaseModel):
 
     model: str
     max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1  # not in OpenAI's API; vLLM's extension
+    # None (also sent as null): the default, 1.0 / 1.0 / -1 (off)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # not in OpenAI's API; vLLM's extension
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None

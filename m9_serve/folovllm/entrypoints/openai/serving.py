@@ -108,7 +108,7 @@ class OpenAIServing:
 
     async def chat(self, body: ChatCompletionRequest) -> dict | AsyncIterator[str]:
         prompt = self.render_chat(body)
-        max_tokens = body.max_completion_tokens or body.max_tokens or self.llm.max_model_len
+        max_tokens = _default(body.max_completion_tokens, body.max_tokens)  # None: up to the limit
         job = await self._start(body, [prompt], max_tokens, "chatcmpl", "messages")
         if body.stream:
             job.object = "chat.completion.chunk"
@@ -181,9 +181,9 @@ class OpenAIServing:
     def _params(self, body: SamplingFields, max_tokens: int | None, index: int) -> SamplingParams:
         try:
             return SamplingParams(
-                temperature=body.temperature,
-                top_p=body.top_p,
-                top_k=body.top_k,
+                temperature=_default(body.temperature, 1.0),
+                top_p=_default(body.top_p, 1.0),
+                top_k=_default(body.top_k, -1),
                 max_tokens=self.llm.max_model_len if max_tokens is None else max_tokens,
                 repetition_penalty=body.repetition_penalty,
                 stop=body.stop,
@@ -277,6 +277,10 @@ class OpenAIServing:
             "model": self.model_name,
             "choices": choices,
         }
+
+
+def _default(value, default):
+    return default if value is None else value
 
 
 def _event(data: dict) -> str:

@@ -169,7 +169,7 @@ def test_models_health_metrics(server, client):
 # -- many streams, some clients walk away ---------------------------------------------------------
 def test_concurrent_streams_with_disconnects(server, offline):
     """Every request finishes or is aborted; afterwards no request and no block is left."""
-    n, rng = 80, random.Random(0)
+    n, rng = 200, random.Random(0)
     before = _finished_count(server.url)
     leave_after = [rng.choice([None, None, 1, 2, 3]) for _ in range(n)]
 

@@ -119,8 +119,8 @@ class AsyncLLM:
         self._send(("add", request_id, prompt, params), pending_add=True)
         try:
             await stream.accepted
-        except BaseException:
-            self._streams.pop(request_id, None)
+        except BaseException:  # refused, or the caller was cancelled while it waited
+            self.abort(request_id)
             raise
 
     async def stream(self, request_id: str) -> AsyncIterator[RequestOutput]:
@@ -137,7 +137,7 @@ class AsyncLLM:
         finally:
             self._streams.pop(request_id, None)
             if not stream.done:
-                self.abort(request_id)
+                self.abort(request_id)  # the consumer left early
 
     async def generate(
         self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
@@ -153,7 +153,8 @@ class AsyncLLM:
                 yield out
 
     def abort(self, request_id: str) -> None:
-        """Abort a request (any thread); its blocks are freed before the next step."""
+        """Abort a request (from the event loop); its blocks are freed before the next step."""
+        self._streams.pop(request_id, None)
         self._send(("abort", request_id))
 
     async def shutdown(self, drain_timeout: float = 0.0) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import threading
 
@@ -129,3 +130,28 @@ def test_a_client_that_leaves_a_json_request_aborts_it(engine):
         wait_until(lambda: pool_is_free(engine), "its blocks are free")
     finally:
         srv.stop()
+
+
+def test_a_stream_dropped_before_its_first_chunk_aborts_its_requests(engine):
+    """The server cancelled the response before it ever iterated the event stream."""
+    from folovllm.entrypoints.openai.protocol import CompletionRequest
+    from folovllm.entrypoints.openai.serving import OpenAIServing
+
+    async def main():
+        llm = AsyncLLM(engine.config, engine=engine)
+        serving = OpenAIServing(llm, MODEL)
+        reasons = []
+        llm.on_finished = lambda out: reasons.append(out.finish_reason)
+        body = CompletionRequest(**LONG, stream=True, n=2)
+        events = await serving.completions(body)
+        assert len(engine.requests) == 2
+        del events
+        gc.collect()
+        for _ in range(3000):
+            if pool_is_free(engine):
+                break
+            await asyncio.sleep(0.02)
+        assert reasons == ["abort", "abort"] and pool_is_free(engine)
+        await llm.shutdown()
+
+    asyncio.run(main())

@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -232,7 +233,14 @@ class OpenAIServing:
             raise RequestError(str(exc), status=503, kind="server_error") from exc
         return texts, finals
 
-    async def _sse(self, job: Job, make_chunk) -> AsyncIterator[str]:
+    def _sse(self, job: Job, make_chunk) -> AsyncIterator[str]:
+        events = self._events(job, make_chunk)
+        # A response cancelled before its first chunk never runs the generator's cleanup: abort
+        # its requests when it is collected (a no-op for requests that already finished).
+        weakref.finalize(events, _abort_all, self.llm, job.ids)
+        return events
+
+    async def _events(self, job: Job, make_chunk) -> AsyncIterator[str]:
         """Server-sent events: one ``data:`` line per delta, usage if asked, then [DONE]."""
         try:
             async for index, out in self._merge(job):
@@ -277,6 +285,11 @@ class OpenAIServing:
             "model": self.model_name,
             "choices": choices,
         }
+
+
+def _abort_all(llm: AsyncLLM, request_ids: list[str]) -> None:
+    for request_id in request_ids:
+        llm.abort(request_id)
 
 
 def _default(value, default):

@@ -73,7 +73,6 @@ class AsyncLLM:
 
     def __init__(self, config: EngineConfig, engine: LLMEngine | None = None) -> None:
         self.engine = engine if engine is not None else LLMEngine(config)
-        self.engine.stream = True
         self.tokenizer = self.engine.tokenizer
         self.max_model_len = self.engine.max_model_len
         self.on_finished: Callable[[RequestOutput], None] | None = None
@@ -276,7 +275,7 @@ class AsyncLLM:
         stream = self._streams.get(request_id)
         if stream is None:
             return None
-        text = req.output_text
+        text = self._text(request_id, req)
         end = max(stream.sent_chars, len(text) - stream.holdback)
         n_tokens = len(req.output_token_ids)
         if n_tokens == stream.sent_tokens and end == stream.sent_chars:
@@ -290,6 +289,16 @@ class AsyncLLM:
         )
         stream.sent_tokens, stream.sent_chars = n_tokens, end
         return delta
+
+    def _text(self, request_id: str, req) -> str:
+        """The request's text so far. Offline, the engine decodes a request without stop strings
+        only when it ends (m8); a stream needs it every step, so the tokens the request's
+        detokenizer has not seen yet are fed to it here, on the engine's thread, and the engine's
+        own end-of-request ``catch_up`` then finds nothing left to add."""
+        detok = self.engine.detokenizers[request_id]
+        for token_id in req.output_token_ids[detok.num_output_tokens :]:
+            detok.update(token_id)
+        return detok.text
 
     def _sent(self, request_id: str) -> tuple[int, int]:
         stream = self._streams.get(request_id)

@@ -8,9 +8,6 @@ step N's tokens and applies them, so the host's work overlaps the GPU's (``_step
 ``AsyncScheduler``). A request that stops on EOS or a stop string at N has already been given a
 row in N+1, whose token is dropped: one wasted row per such request. A stop by length is known
 ahead and costs nothing.
-
-m9 ``stream``: a server streams each request's text as it grows, so every step decodes every
-request's new tokens and keeps ``Request.output_text`` current (offline, only at the end).
 """
 
 from __future__ import annotations
@@ -95,7 +92,6 @@ class LLMEngine:
         self.stats = EngineStats()
         self._ids = itertools.count()
         self.last_runner_output: ModelRunnerOutput | None = None
-        self.stream = False  # m9: decode every step (output_text current), not only at the end
 
     # -- requests -------------------------------------------------------------------------------
     def add_request(
@@ -231,12 +227,11 @@ class LLMEngine:
             if req.is_finished and req not in finished:
                 continue  # async: it stopped a step earlier (or was aborted); token dropped
             detok = self.detokenizers[req_id]
-            # Text is needed now only to find stop strings or to stream it: the others are
+            # Text is needed now only to find stop strings (no streaming here): the others are
             # decoded once, when they end (m8: detokenizing is off the per-step path).
-            per_step = self.stream or bool(detok.stop)
-            if not per_step and req not in finished:
+            if not detok.stop and req not in finished:
                 continue  # nothing to do until it ends (its output_text stays "")
-            stop_str = detok.update(token_id) if per_step else None
+            stop_str = detok.update(token_id) if detok.stop else None
             if stop_str is None and req in finished:
                 detok.catch_up(req.output_token_ids)
                 stop_str = detok.flush()  # held-back text may complete a stop string too

@@ -162,6 +162,19 @@ def test_milestone_py_and_data(tmp_path):
     m2 = m2_plan(tmp_path, {"tests/conftest.py": '"""Edited."""\n'})
     assert set(m2.values()) == {None}
 
+    # A plain helper counts only for the modules that import it (or that a conftest imports).
+    uses = "from serve_helpers import PORT\n\n\ndef test_port():\n    assert PORT > 0\n"
+    m2 = m2_plan(tmp_path, {"tests/serve_helpers.py": "PORT = 2\n", "tests/test_port.py": uses})
+    assert m2["tests/test_port.py"] is None and m2["tests/test_engine.py"] == "m1_a"
+    m1 = {"tests/serve_helpers.py": "PORT = 1\n", "tests/test_port.py": uses}
+    m2 = m2_plan(tmp_path, {"tests/serve_helpers.py": "PORT = 2\n", "tests/test_port.py": uses}, m1)
+    assert m2["tests/test_port.py"] is None  # its helper differs
+    assert m2["tests/test_engine.py"] == m2["tests/test_util.py"] == "m1_a"
+    conftest = 'pytest_plugins = ["serve_helpers"]\n'
+    m2 = m2_plan(tmp_path, {"tests/serve_helpers.py": "PORT = 2\n", "tests/conftest.py": conftest},
+                 {**m1, "tests/conftest.py": conftest})  # fmt: skip
+    assert set(m2.values()) == {None}  # the conftest names it: every module
+
 
 def test_side_effects_and_dynamic_imports(tmp_path):
     # The package's __init__ now imports core.py too, and m2 changes it: test_reexport does not

@@ -14,8 +14,9 @@ those files. Which suite runs what is decided before any runs, so the suites sta
 
 What a test module depends on (found with ``ast``, never by running it):
 
-- itself; every ``.py`` file under ``tests/`` that is not a test module (``conftest.py``,
-  helpers); the data under ``tests/`` whose first folder or file name (``fixtures``) the module or
+- itself; every ``conftest.py`` under ``tests/``, and each other ``.py`` file there that is not a
+  test module (a helper) when the module, a conftest or such a helper imports it or names it in
+  a string; the data under ``tests/`` whose first folder or file name (``fixtures``) the module or
   a helper writes in a string, all of it when the module lists its own folder; every test module
   when it imports one.
 - The engine modules it *uses*, from its imports and its helpers' (anywhere in the file,
@@ -343,7 +344,9 @@ class Tree:
             (tests if _is_test_module(PurePosixPath(rel(p))) else support).append(rel(p))
         top = {}
         for entry in sorted(path.iterdir()):
-            if entry.name not in (PACKAGE, TESTS) and entry.name not in IGNORED_DIRS:
+            if entry.name not in (PACKAGE, TESTS, *IGNORED_DIRS) and not entry.name.endswith(
+                ".egg-info"
+            ):
                 files = _walk(entry) if entry.is_dir() else [entry]
                 top[entry.name] = [rel(p) for p in files]
         return cls(path.name, path, modules, package_files, support, tests, top)
@@ -434,6 +437,26 @@ def _names(strings: frozenset[str], path: str) -> bool:
     return any(re.search(rf"(?<![\w.-])(?:{pattern})(?![\w-])", s) for s in strings)
 
 
+def _used_helpers(tree: Tree, src: Source) -> list[str]:
+    """The ``.py`` files under ``tests/`` that can affect a module: every ``conftest.py`` (pytest
+    loads it), and a plain helper only when the module, a conftest or a helper already counted
+    imports it or names it in a string (``pytest_plugins``)."""
+    files = {p: tree.source(p) for p in tree.support if p.endswith(".py")}
+    used = [p for p in files if PurePosixPath(p).name == "conftest.py"]
+    frontier = [src, *(files[p] for p in used)]
+    while frontier:
+        cur = frontier.pop()
+        named = {m.split(".")[0] for m, _ in cur.imports} | {
+            m.split(".")[-1] for m, _ in cur.imports
+        }
+        for p, helper in files.items():
+            stem = PurePosixPath(p).stem
+            if p not in used and (stem in named or stem in cur.strings):
+                used.append(p)
+                frontier.append(helper)
+    return sorted(used)
+
+
 def dependencies(tree: Tree, rel: str) -> tuple[dict[str, str] | None, str]:
     """Every file ``rel`` depends on (see the module docstring) with its digest; or None: it
     always runs, and why."""
@@ -442,7 +465,8 @@ def dependencies(tree: Tree, rel: str) -> tuple[dict[str, str] | None, str]:
     src = tree.source(rel)
     if NAMES_MILESTONE.search(src.text):
         return None, "mentions the milestone"
-    helpers = [tree.source(p) for p in tree.support if p.endswith(".py")]
+    used = _used_helpers(tree, src)
+    helpers = [tree.source(p) for p in used]
     if any(NAMES_MILESTONE.search(h.text) for h in helpers):
         return None, "a helper under tests/ mentions the milestone"
     lists = False
@@ -458,7 +482,7 @@ def dependencies(tree: Tree, rel: str) -> tuple[dict[str, str] | None, str]:
         lists = bool(LISTING.search(src.text))
     strings = src.strings.union(*(h.strings for h in helpers))
     roots = src.imports.union(*(h.imports for h in helpers))
-    deps = {rel, *(p for p in tree.support if p.endswith(".py"))}
+    deps = {rel, *used}
     deps.update(p for p in tree.package_files if not p.endswith(".py"))
     for p in tree.support:  # data under tests/, by its entry there: tests/fixtures/** if named
         if not p.endswith(".py") and (lists or _names(strings, PurePosixPath(p).parts[1])):

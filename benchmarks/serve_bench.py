@@ -119,8 +119,9 @@ async def sweep(url: str, workload, args) -> dict:
     async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as http:
         await one_request(http, [1, 2, 3, 4], 4, args)  # warm-up
         for rate in args.request_rates:
-            points[f"rate_{rate}"] = summarize(await poisson(http, workload, rate, args))
-            report(f"rate {rate}/s", points[f"rate_{rate}"])
+            key = f"rate_{rate:g}".replace(".", "p")  # rate_4, rate_0p5: addressable in notes
+            points[key] = summarize(await poisson(http, workload, rate, args))
+            report(f"rate {rate:g}/s", points[key])
         for c in args.concurrency:
             points[f"concurrency_{c}"] = summarize(await closed_loop(http, workload, c, args))
             report(f"concurrency {c}", points[f"concurrency_{c}"])

@@ -45,7 +45,12 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         WRAPPED.append(page.abs_dest_path)
         return page
 
-    return Files([wrap(f) for f in files])
+    for file in list(files):  # in place: the i18n plugin's Files subclass resolves page links
+        page = wrap(file)
+        if page is not file:
+            files.remove(file)
+            files.append(page)
+    return files
 
 
 def on_post_build(config: MkDocsConfig) -> None:

@@ -11,6 +11,7 @@ MILESTONES = (
     "m7_gptq",
     "m8_fast",
     "m9_serve",
+    "m10_tp",
 )
 
 MILESTONE = "m0_init"

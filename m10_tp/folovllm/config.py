@@ -1,0 +1,431 @@
+"""Engine configuration: one flat, validated ``EngineConfig`` and the views the parts read.
+
+Users write the seed's spelling (``max_batch_size``, ``enable_paged_kv`` ...) or vLLM's
+(``max_num_seqs`` ...). A knob whose feature a later milestone adds is rejected with an error that
+names that milestone, so a learner never silently runs without the feature they asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from folovllm.milestone import MILESTONE, has_milestone
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+# field -> (the milestone that adds the feature, the values that mean "not used").
+LATER_FEATURES: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "max_batch_size": ("m2_batching", (None, 1)),
+    "max_num_batched_tokens": ("m2_batching", (None,)),
+    "enable_paged_kv": ("m3_paged", (None, False)),
+    "block_size": ("m3_paged", (None,)),
+    "gpu_memory_utilization": ("m3_paged", (None,)),
+    "kv_cache_memory_gb": ("m2_batching", (None,)),
+    "num_gpu_blocks": ("m3_paged", (None,)),
+    "attention_backend": ("m4_flash", (None, "torch")),
+    "enable_chunked_prefill": ("m5_chunked", (None, False)),
+    "max_chunk_size": ("m5_chunked", (None,)),
+    "enable_prefix_caching": ("m6_prefix", (None, False)),
+    "quantization": ("m7_gptq", (None,)),
+    "async_scheduling": ("m8_fast", (None, False)),
+    "kv_cache_dtype": ("m8_fast", (None, "auto")),
+}
+
+ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash")
+CUDAGRAPH_MODES = ("full", "decode")
+# kv_cache_dtype -> the cache's element type (None: the model's dtype).
+KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn}
+QUANTIZATION_METHODS = ("gptq",)  # m7; the weights' format comes from the checkpoint
+
+# vLLM's name -> the seed's name (both are accepted; giving both with different values is an error).
+ALIASES = {"max_num_seqs": "max_batch_size"}
+
+
+@dataclass
+class ModelArchConfig:
+    """The parts of a checkpoint's config.json that the engine uses (Qwen2 / Qwen3)."""
+
+    architecture: str
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool  # Qwen2: bias on q/k/v projections
+    qk_norm: bool  # Qwen3: RMSNorm on each head of q and k
+    torch_dtype: str | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    quantization_config: dict[str, Any] | None = None  # m7: as the checkpoint states it
+
+    def num_parameters(self) -> int:
+        """Parameter count implied by the shapes (tied embeddings counted once)."""
+        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_key_value_heads * self.head_dim
+        attn = h * q + 2 * h * kv + q * h
+        if self.attention_bias:
+            attn += q + 2 * kv
+        if self.qk_norm:
+            attn += 2 * self.head_dim
+        layer = attn + 3 * h * i + 2 * h
+        total = self.num_hidden_layers * layer + v * h + h
+        if not self.tie_word_embeddings:
+            total += v * h
+        return total
+
+    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
+        """Bytes of K and V cache one token occupies across all layers."""
+        elem = torch.tensor([], dtype=dtype).element_size()
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * elem
+
+
+@dataclass
+class ModelConfig:
+    """A resolved model: where it lives, its architecture and how to run it."""
+
+    model: str
+    path: Path
+    arch: ModelArchConfig
+    dtype: torch.dtype
+    device: torch.device
+    max_model_len: int
+    load_format: str
+    seed: int
+    quant_config: Any = None  # m7: a GPTQConfig when the weights are quantized
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.arch.kv_bytes_per_token(self.dtype)
+
+
+@dataclass
+class CacheConfig:
+    """How the KV cache is laid out (paged from m3 on)."""
+
+    enable_paged_kv: bool = False
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_gb: float | None = None
+    num_gpu_blocks: int | None = None
+    enable_prefix_caching: bool = False
+    kv_cache_dtype: str = "auto"  # auto: the model's dtype; fp8: float8 e4m3 (m8)
+
+
+@dataclass
+class SchedulerConfig:
+    """How many requests and tokens one step may take (batching from m2 on)."""
+
+    max_num_seqs: int = 1
+    max_num_batched_tokens: int | None = None
+    max_model_len: int | None = None
+    enable_chunked_prefill: bool = False
+    max_chunk_size: int | None = None
+    # vLLM's name for the cap on one request's chunk per step (None or 0: no cap beyond the budget)
+    long_prefill_token_threshold: int | None = None
+
+
+@dataclass
+class EngineConfig:
+    """Every user-facing engine option, validated on construction.
+
+    ``None`` means "the milestone's default". Knobs of later milestones must stay unset.
+    """
+
+    model: str | None = None
+    tokenizer: str | None = None
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto: cuda if available, else cpu
+    max_model_len: int | None = None  # default: min(the model's max_position_embeddings, 4096)
+    load_format: str = "auto"  # auto | safetensors | dummy (random weights from config.json)
+    seed: int = 0
+    enforce_eager: bool = False
+    # m4: "full" replays CUDA graphs for every step up to the largest captured token count
+    # (prefill and mixed steps too); "decode" only for decode-only steps. enforce_eager: none.
+    cudagraph_mode: str = "full"
+    # -- later milestones -----------------------------------------------------------------------
+    max_batch_size: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_paged_kv: bool | None = None
+    block_size: int | None = None
+    gpu_memory_utilization: float | None = None
+    kv_cache_memory_gb: float | None = None
+    num_gpu_blocks: int | None = None
+    attention_backend: str | None = None
+    enable_chunked_prefill: bool | None = None
+    max_chunk_size: int | None = None
+    long_prefill_token_threshold: int | None = None  # m5, vLLM's name; see resolve_scheduler_config
+    enable_prefix_caching: bool | None = None
+    quantization: str | None = None
+    async_scheduling: bool | None = None  # None: on for CUDA, off on a CPU (m8)
+    kv_cache_dtype: str | None = None  # None / "auto": the model's dtype; "fp8" (m8)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.extra:
+            raise ValueError(f"unknown engine options: {sorted(self.extra)}")
+        # Check gated knobs under the name the user wrote, before aliases are merged.
+        gated = [(n, n) for n in LATER_FEATURES] + [(a, n) for a, n in ALIASES.items()]
+        for written, name in gated:
+            milestone, off_values = LATER_FEATURES[name]
+            value = getattr(self, written)
+            if not has_milestone(milestone) and value not in off_values:
+                raise ValueError(
+                    f"{written}={value!r} needs milestone {milestone}; this engine is {MILESTONE} "
+                    f"(leave {written} unset here, or run {milestone} or later)"
+                )
+        for alias, name in ALIASES.items():
+            a, b = getattr(self, alias), getattr(self, name)
+            if a is not None and b is not None and a != b:
+                raise ValueError(f"{alias}={a} and {name}={b} are the same setting; give one")
+            if a is not None:
+                setattr(self, name, a)
+            setattr(self, alias, getattr(self, name))
+        self._validate()
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
+        """Build from keyword arguments, reporting unknown keys by name."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        extra = {k: v for k, v in kwargs.items() if k not in known}
+        return cls(**{k: v for k, v in kwargs.items() if k in known}, extra=extra)
+
+    def _validate(self) -> None:
+        if self.model is not None and (
+            not isinstance(self.model, (str, Path)) or not str(self.model)
+        ):
+            raise ValueError(f"model must be a non-empty path or hub id, got {self.model!r}")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(
+                f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}"
+            )
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        ):
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
+        if self.max_model_len is not None and (
+            isinstance(self.max_model_len, bool)
+            or not isinstance(self.max_model_len, int)
+            or self.max_model_len < 2
+        ):
+            raise ValueError(f"max_model_len must be an integer >= 2, got {self.max_model_len!r}")
+        if self.load_format not in ("auto", "safetensors", "dummy"):
+            raise ValueError(
+                f"load_format must be 'auto', 'safetensors' or 'dummy', got {self.load_format!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.enforce_eager, bool):
+            raise ValueError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
+        if self.cudagraph_mode not in CUDAGRAPH_MODES:
+            raise ValueError(
+                f"cudagraph_mode must be one of {CUDAGRAPH_MODES}, got {self.cudagraph_mode!r}"
+            )
+        for name in ("max_batch_size", "max_num_batched_tokens", "max_chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.kv_cache_memory_gb is not None and (
+            isinstance(self.kv_cache_memory_gb, bool)
+            or not isinstance(self.kv_cache_memory_gb, (int, float))
+            or not self.kv_cache_memory_gb > 0
+        ):
+            raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb!r}")
+        if self.enable_paged_kv is not None and not isinstance(self.enable_paged_kv, bool):
+            raise ValueError(f"enable_paged_kv must be a bool, got {self.enable_paged_kv!r}")
+        if self.block_size is not None and (
+            isinstance(self.block_size, bool)
+            or not isinstance(self.block_size, int)
+            or not 1 <= self.block_size <= 1024
+        ):
+            raise ValueError(f"block_size must be an integer in [1, 1024], got {self.block_size!r}")
+        if self.num_gpu_blocks is not None and (
+            isinstance(self.num_gpu_blocks, bool)
+            or not isinstance(self.num_gpu_blocks, int)
+            or self.num_gpu_blocks < 1
+        ):
+            raise ValueError(f"num_gpu_blocks must be an integer >= 1, got {self.num_gpu_blocks!r}")
+        if self.quantization is not None and self.quantization not in QUANTIZATION_METHODS:
+            raise ValueError(
+                f"quantization must be None (read from the checkpoint) or one of "
+                f"{QUANTIZATION_METHODS}, got {self.quantization!r}"
+            )
+        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
+            raise ValueError(
+                f"async_scheduling must be a bool or None (on for CUDA), got {self.async_scheduling!r}"
+            )
+        if self.kv_cache_dtype not in (None, *KV_CACHE_DTYPES):
+            raise ValueError(
+                f"kv_cache_dtype must be one of {tuple(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"
+            )
+        if self.kv_cache_dtype == "fp8" and self.attention_backend == "flash":
+            raise ValueError(
+                "kv_cache_dtype='fp8' is not supported by attention_backend='flash' (flash-attn 2 "
+                "reads bf16/fp16 caches); use attention_backend='triton' or 'torch'"
+            )
+        if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}"
+            )
+        if self.gpu_memory_utilization is not None and (
+            isinstance(self.gpu_memory_utilization, bool)
+            or not isinstance(self.gpu_memory_utilization, (int, float))
+            or not 0 < self.gpu_memory_utilization <= 1
+        ):
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
+            )
+        if self.enable_prefix_caching is not None and not isinstance(
+            self.enable_prefix_caching, bool
+        ):
+            raise ValueError(
+                f"enable_prefix_caching must be a bool, got {self.enable_prefix_caching!r}"
+            )
+        if self.enable_prefix_caching and self.enable_paged_kv is False:
+            raise ValueError("enable_prefix_caching=True needs enable_paged_kv (blocks to share)")
+        t = self.long_prefill_token_threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise ValueError(f"long_prefill_token_threshold must be an integer >= 0, got {t!r}")
+        if self.enable_chunked_prefill is not None and not isinstance(
+            self.enable_chunked_prefill, bool
+        ):
+            raise ValueError(
+                f"enable_chunked_prefill must be a bool, got {self.enable_chunked_prefill!r}"
+            )
+        if self.enable_chunked_prefill is False:
+            for name in ("max_chunk_size", "long_prefill_token_threshold"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} needs enable_chunked_prefill=True (it is False)")
+        else:
+            block = self.block_size or CacheConfig.block_size
+            name = "max_num_batched_tokens" if self.max_num_batched_tokens else "max_chunk_size"
+            budget = getattr(self, name)
+            if budget is not None and budget < block:
+                raise ValueError(
+                    f"{name}={budget} is smaller than block_size={block}: a step could not fill "
+                    f"even one KV block"
+                )
+
+    # -- resolved views ---------------------------------------------------------------------------
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but CUDA is not available here; use 'cpu'")
+        return device
+
+    def resolve_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return _DTYPES[self.dtype]
+
+    @property
+    def cache_config(self) -> CacheConfig:
+        defaults = CacheConfig()
+        return CacheConfig(
+            enable_paged_kv=True if self.enable_paged_kv is None else self.enable_paged_kv,
+            block_size=self.block_size or defaults.block_size,
+            gpu_memory_utilization=self.gpu_memory_utilization or defaults.gpu_memory_utilization,
+            kv_cache_memory_gb=self.kv_cache_memory_gb,
+            num_gpu_blocks=self.num_gpu_blocks,
+            enable_prefix_caching=bool(self.enable_prefix_caching),  # off by default
+            kv_cache_dtype=self.kv_cache_dtype or "auto",
+        )
+
+    @property
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            max_num_seqs=self.max_batch_size or DEFAULT_MAX_NUM_SEQS,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            enable_chunked_prefill=self.enable_chunked_prefill is not False,  # on by default (m5)
+            max_chunk_size=self.max_chunk_size,
+            long_prefill_token_threshold=self.long_prefill_token_threshold,
+        )
+
+
+DEFAULT_MAX_NUM_SEQS = 256
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+
+
+def resolve_scheduler_config(config: SchedulerConfig, max_model_len: int) -> SchedulerConfig:
+    """Fill in the token budget once the model's max_model_len is known, and check it.
+
+    With chunked prefill (m5, on by default) the step's one token budget is, in this order:
+    ``max_num_batched_tokens`` (vLLM's name) if given, else ``max_chunk_size`` (the seed's name), else
+    8192. ``max_chunk_size`` is the most prompt tokens one request computes in one step: alone it is
+    also the budget; given together with ``max_num_batched_tokens``, the latter wins for the budget and
+    ``max_chunk_size`` caps each request's chunk, like vLLM's ``long_prefill_token_threshold`` (give
+    one of those two, or equal values). Without chunking a whole prompt must fit in one step (m4).
+    """
+    chunk, threshold = config.max_chunk_size, config.long_prefill_token_threshold or None
+    if not config.enable_chunked_prefill:
+        budget = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, max_model_len)
+        if budget < max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens={budget} is smaller than max_model_len={max_model_len}: "
+                f"without chunked prefill (m5_chunked) a whole prompt must fit in one step "
+                f"(enable_chunked_prefill=False here)"
+            )
+        return SchedulerConfig(config.max_num_seqs, budget, max_model_len)
+    name, budget = "max_num_batched_tokens", config.max_num_batched_tokens
+    if budget is None:
+        name, budget = (
+            ("max_chunk_size", chunk) if chunk else (name, DEFAULT_MAX_NUM_BATCHED_TOKENS)
+        )
+    elif chunk is not None:
+        if chunk > budget:
+            raise ValueError(
+                f"max_chunk_size={chunk} is larger than max_num_batched_tokens={budget}: one "
+                f"request's chunk cannot exceed the step's budget"
+            )
+        if threshold is not None and threshold != chunk:
+            raise ValueError(
+                f"max_chunk_size={chunk} and long_prefill_token_threshold={threshold} are the same "
+                f"setting (the cap on one request's chunk); give one"
+            )
+        threshold = chunk
+    if chunk is not None and chunk > max_model_len:
+        raise ValueError(
+            f"max_chunk_size={chunk} is larger than max_model_len={max_model_len}: no prompt has "
+            f"that many tokens"
+        )
+    if threshold is not None and threshold > budget:
+        raise ValueError(
+            f"long_prefill_token_threshold={threshold} is larger than {name}={budget}: the cap on "
+            f"one request's chunk cannot exceed the step's budget"
+        )
+    return SchedulerConfig(
+        config.max_num_seqs,
+        budget,
+        max_model_len,
+        enable_chunked_prefill=True,
+        max_chunk_size=chunk,
+        long_prefill_token_threshold=threshold,
+    )

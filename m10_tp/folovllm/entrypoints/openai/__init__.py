@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server (m9): ``python -m folovllm serve``."""

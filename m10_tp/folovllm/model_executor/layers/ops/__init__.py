@@ -1,0 +1,1 @@
+"""Triton kernels behind the model's layers (m8): ``gemv``, the decode-size linear layer."""

@@ -1,0 +1,224 @@
+"""The GPTQ Triton kernels against the torch reference on the same packed weight.
+
+CPU: the kernels run under TRITON_INTERPRET=1 at small shapes, fp32 and fp16 (bf16 ``tl.dot`` is
+wrong in triton 3.6's interpreter). GPU (``-m gpu``): bf16 at Qwen3-8B / 0.6B shapes, and inside a
+CUDA graph. Error measure: max |out - ref| / max |ref|, ref = x @ W in float64. Tolerances:
+fp32 1e-5 (IEEE dots), fp16 2e-3, bf16 1e-2. ``gptq_dequantize`` equals ``gptq_pack.dequantize``
+bit for bit (on the CPU bf16 within one ulp: the interpreter truncates when it rounds).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from folovllm.model_executor.layers.quantization import gptq_triton as gt  # noqa: E402
+from folovllm.model_executor.layers.quantization.utils import gptq_pack  # noqa: E402
+
+# the interpreter's runtime-bounded loops warn on every iteration under numpy >= 1.25
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Conversion of an array with ndim:DeprecationWarning"
+)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def make_layer(k: int, n: int, gs: int, dtype, zeros: str = "random", seed: int = 0):
+    """Random packed (qweight, qzeros, scales) on DEVICE; ``zeros="sym"``: every zero is 8."""
+    g = torch.Generator().manual_seed(seed)
+    groups = 1 if gs == -1 else k // gs
+    q = torch.randint(0, 16, (k, n), generator=g)
+    z = (
+        torch.full((groups, n), 8)
+        if zeros == "sym"
+        else torch.randint(0, 16, (groups, n), generator=g)
+    )
+    s = torch.rand((groups, n), generator=g) * 0.02 + 0.002
+    return (
+        gptq_pack.pack_rows(q).to(DEVICE),
+        gptq_pack.pack_cols(z).to(DEVICE),
+        s.to(dtype).to(DEVICE),
+    )
+
+
+def reference(x, layer, gs: int, zero_offset: int) -> torch.Tensor:
+    w = gt.dequantize_reference(*layer, gs, zero_offset, torch.float64)
+    return x.double() @ w
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert torch.isfinite(out).all()
+    return ((out.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("gs", [32, 64, 128, -1])
+def test_gemm_matches_reference(dtype, gs):
+    k, n = 256, 72  # N not a multiple of BLOCK_N
+    for zeros in ("sym", "random"):
+        layer = make_layer(k, n, gs, dtype, zeros)
+        for zero_offset in (0, 1):
+            for m in (1, 3, 16, 17):
+                x = torch.randn(m, k).to(dtype).to(DEVICE)
+                out = gt.gptq_gemm(x, *layer, gs, zero_offset)
+                assert out.shape == (m, n) and out.dtype == dtype
+                err = rel_err(out, reference(x, layer, gs, zero_offset))
+                assert err <= TOL[dtype], (zeros, zero_offset, m, err)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        gt.GemmConfig(block_n=32, split_k=2),
+        gt.GemmConfig(block_n=32, block_k=64, split_k=3),  # uneven split of 4 K-tiles
+        gt.GemmConfig(block_n=64, block_k=32, split_k=64),  # more splits than tiles: clamped
+        gt.GemmConfig(block_n=32, unpack="reshape", magic=False),
+        gt.GemmConfig(block_m=32, block_n=16, unpack="gather"),
+        gt.GemmConfig(block_n=32, scale_after_dot=False),  # per-weight dequantization
+        gt.GemmConfig(block_n=32, scale_after_dot=False, unpack="gather", num_stages=2),
+        gt.GemmConfig(block_n=32, gemv=True),  # FMA kernel, one row per program
+        gt.GemmConfig(block_n=16, block_k=64, gemv=True, split_k=3),
+        gt.GemmConfig(block_n=32, block_k=256, gemv=True),  # tiles span groups: per word row
+    ],
+)
+def test_gemm_configs(config):
+    k, n, gs = 256, 72, 64
+    for dtype in (torch.float32, torch.float16):
+        layer = make_layer(k, n, gs, dtype, seed=1)
+        for m in (1, 3) if config.gemv else (1, 17):
+            x = torch.randn(m, k).to(dtype).to(DEVICE)
+            out = gt.gptq_gemm(x, *layer, gs, 1, config)
+            assert rel_err(out, reference(x, layer, gs, 1)) <= TOL[dtype], (dtype, m)
+
+
+def test_gemm_odd_group_and_strided_x():
+    # group 24: no power-of-two K-tile fits inside a group -> per-weight dequantization in the
+    # dot kernel (M = 5), a group per word row in the FMA kernel (M = 1)
+    k, n, gs = 144, 40, 24
+    layer = make_layer(k, n, gs, torch.float32, seed=2)
+    big = torch.randn(5, k + 16).to(DEVICE)
+    x = big[:, 3 : 3 + k]  # rows with a stride > K
+    assert gt.gptq_gemm(x, *layer, gs, 1).shape == (5, n)
+    assert rel_err(gt.gptq_gemm(x, *layer, gs, 1), reference(x, layer, gs, 1)) <= 1e-5
+    xt = torch.randn(k, 5).to(DEVICE).t()  # column-major: copied to contiguous rows
+    assert rel_err(gt.gptq_gemm(xt, *layer, gs, 1), reference(xt, layer, gs, 1)) <= 1e-5
+    assert rel_err(gt.gptq_gemm(x[:1], *layer, gs, 1), reference(x[:1], layer, gs, 1)) <= 1e-5
+    assert gt.gptq_gemm(x[:0], *layer, gs, 1).shape == (0, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gs", [32, 128, -1])
+def test_dequantize_is_exact(dtype, gs):
+    k, n = 256, 72
+    for zero_offset in (0, 1):
+        layer = make_layer(k, n, gs, dtype, seed=3)
+        w = gt.gptq_dequantize(*layer, gs, zero_offset)
+        assert w.dtype == dtype and w.shape == (k, n)
+        ref = gt.dequantize_reference(*layer, gs, zero_offset)
+        if dtype == torch.bfloat16 and DEVICE == "cpu":
+            # triton 3.6's interpreter truncates fp32 -> bf16 (the GPU rounds to nearest even)
+            torch.testing.assert_close(w, ref, rtol=2**-7, atol=0)
+        else:
+            assert torch.equal(w, ref)
+    w32 = gt.gptq_dequantize(*layer, gs, 1, dtype=torch.float32)
+    assert torch.equal(w32, gt.dequantize_reference(*layer, gs, 1, torch.float32))
+
+
+def test_reference_is_the_format():
+    """The reference path is gptq_pack.dequantize with contiguous groups, then x @ W."""
+    k, n, gs = 128, 16, 32
+    layer = make_layer(k, n, gs, torch.float32, seed=4)
+    x = torch.randn(2, 3, k).to(DEVICE)
+    g_idx = gptq_pack.default_g_idx(k, gs, DEVICE)
+    w = gptq_pack.dequantize(*layer, g_idx, zero_offset=0)
+    ref = gt.gptq_matmul_reference(x, *layer, gs, 0)
+    assert torch.equal(ref, x @ w)
+    if DEVICE == "cpu":  # the engine's CPU path: the reference, any leading dims
+        assert torch.equal(gt.gptq_matmul(x, *layer, gs, 0), ref)
+
+
+def test_shape_errors():
+    k, n, gs = 128, 16, 32
+    qw, qz, s = make_layer(k, n, gs, torch.float32)
+    x = torch.randn(1, k).to(DEVICE)
+    with pytest.raises(ValueError, match="input features"):
+        gt.gptq_gemm(torch.randn(1, k + 8).to(DEVICE), qw, qz, s, gs, 1)
+    with pytest.raises(ValueError, match="groups"):
+        gt.gptq_gemm(x, qw, qz, s, 64, 1)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        gt.gptq_gemm(x, qw[:, :12].contiguous(), qz, s[:, :12].contiguous(), gs, 1)
+    with pytest.raises(ValueError, match=">= 16"):
+        gt.gptq_gemm(x, qw, qz, s, gs, 1, gt.GemmConfig(block_m=8))
+
+
+def test_default_config():
+    assert gt.default_config(1, 4096, 4096).gemv
+    for m, block_m in ((2, 16), (16, 16), (17, 32), (64, 64), (65, 64)):
+        cfg = gt.default_config(m, 4096, 4096)
+        assert not cfg.gemv and cfg.block_m == block_m
+    for m, n, k in ((1, 1024, 3072), (1, 24576, 4096), (8, 4096, 4096), (64, 6144, 4096)):
+        cfg = gt.default_config(m, n, k)
+        assert cfg.split_k & (cfg.split_k - 1) == 0 and cfg.split_k <= gt.MAX_SPLIT_K
+        assert k // cfg.block_k // cfg.split_k >= gt.MIN_TILES_PER_SPLIT
+    # few output tiles -> split K
+    assert gt.default_config(1, 1024, 3072).split_k > 1
+
+
+# ---- GPU: compiled kernels, bf16, real shapes (skipped without CUDA) ----
+
+SHAPES = [  # (K, N): Qwen3-8B qkv, o, gate_up, down; Qwen3-0.6B qkv, o, gate_up, down
+    (4096, 6144),
+    (4096, 4096),
+    (4096, 24576),
+    (12288, 4096),
+    (1024, 4096),
+    (2048, 1024),
+    (1024, 6144),
+    (3072, 1024),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_gpu_bf16_real_shapes(k, n):
+    layer = make_layer(k, n, 128, torch.bfloat16, seed=k + n)
+    for m in (1, 8, 64, 65, 256):
+        x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
+        ref = reference(x, layer, 128, 1)
+        assert rel_err(gt.gptq_matmul(x, *layer, 128, 1), ref) <= TOL[torch.bfloat16], m
+        if m <= 64:
+            assert rel_err(gt.gptq_gemm(x, *layer, 128, 1), ref) <= TOL[torch.bfloat16], m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gpu_other_dtypes(dtype):
+    k, n = 2048, 1024
+    for gs in (32, -1):
+        layer = make_layer(k, n, gs, dtype, seed=5)
+        for m in (1, 17, 64):
+            x = torch.randn(m, k, device=DEVICE, dtype=dtype)
+            assert rel_err(gt.gptq_gemm(x, *layer, gs, 0), reference(x, layer, gs, 0)) <= TOL[dtype]
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_equals_eager():
+    k, n = 2048, 1024
+    layer = make_layer(k, n, 128, torch.bfloat16, seed=6)
+    for m in (1, 64, 65):  # split-K gemm, one-pass gemm, dequantize + matmul
+        x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            gt.gptq_matmul(x, *layer, 128, 1)  # compile outside the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = gt.gptq_matmul(x, *layer, 128, 1)
+        for _ in range(2):
+            x.copy_(torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(y, gt.gptq_matmul(x, *layer, 128, 1)), m

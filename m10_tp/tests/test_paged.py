@@ -129,6 +129,16 @@ def test_paged_options_are_validated(field, value, message):
         EngineConfig(**{field: value})
 
 
+def test_the_cpu_default_cache_holds_max_num_seqs_sequences_of_max_model_len(tiny_qwen3):
+    """Without num_gpu_blocks or kv_cache_memory_gb the CPU cache is what the scheduler can fill:
+    max_num_seqs sequences of max_model_len (capped at 2 GiB)."""
+    runner = make(tiny_qwen3, max_num_seqs=3).runner
+    assert runner.num_blocks == 3 * 128 // 16
+    assert runner.kv_caches[0].shape[1] == runner.num_blocks
+    given = make(tiny_qwen3, max_num_seqs=3, kv_cache_memory_gb=0.001).runner
+    assert given.num_blocks == int(0.001 * 2**30) // (16 * 1024)  # a budget given is used as is
+
+
 def test_profile_run_executes_the_largest_step_and_rebinds_the_cache(tiny_qwen3):
     """The GPU budget comes from this run; on the CPU we check it runs and leaves the real cache bound."""
     engine = make(tiny_qwen3, max_num_batched_tokens=300)  # 128 + 128 + 44 prompt tokens

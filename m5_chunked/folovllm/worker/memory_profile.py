@@ -19,7 +19,7 @@ from folovllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CPU_KV_BYTES = 2 * 2**30  # without kv_cache_memory_gb on the CPU
+DEFAULT_CPU_KV_BYTES = 2 * 2**30  # the most the CPU default takes (without kv_cache_memory_gb)
 
 
 def kv_cache_budget(

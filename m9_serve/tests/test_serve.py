@@ -229,6 +229,7 @@ BAD = [
     ("completions", {**COMPLETION, "top_p": 0}, "top_p"),
     ("completions", {**COMPLETION, "top_k": 0}, "top_k"),
     ("completions", {**COMPLETION, "max_tokens": 0}, "max_tokens"),
+    ("completions", {**COMPLETION, "max_tokens": 2048}, "max_tokens"),
     ("completions", {**COMPLETION, "seed": -1}, "seed"),
     ("completions", {**COMPLETION, "stop": [""]}, "stop"),
     ("completions", {**COMPLETION, "n": 0}, "n"),
@@ -246,6 +247,7 @@ BAD = [
     ),
     ("chat/completions", {"model": MODEL, "messages": CHAT, "logprobs": True}, "logprobs"),
     ("chat/completions", {"model": MODEL, "messages": CHAT, "max_tokens": 0}, "max_tokens"),
+    ("chat/completions", {"model": MODEL, "messages": CHAT, "max_tokens": 2047}, "max_tokens"),
     ("chat/completions", {"model": MODEL, "messages": CHAT, "temperature": -1}, "temperature"),
 ]
 

@@ -146,11 +146,12 @@ class OpenAIServing:
     ) -> Job:
         """Check the request, then add every choice of every prompt; all or none are added."""
         self._check(body)
-        params = [self._params(body, max_tokens, i) for i in range(body.n)]
+        limits = [self._max_tokens(p, max_tokens, param) for p in prompts]
+        params = [[self._params(body, m, i) for i in range(body.n)] for m in limits]
         job_id = f"{kind}-{uuid.uuid4().hex}"
         ids = [f"{job_id}-{i}" for i in range(len(prompts) * body.n)]
         adds = [
-            self.llm.add_request(rid, prompts[i // body.n], params[i % body.n])
+            self.llm.add_request(rid, prompts[i // body.n], params[i // body.n][i % body.n])
             for i, rid in enumerate(ids)
         ]
         results = await asyncio.gather(*adds, return_exceptions=True)
@@ -179,13 +180,33 @@ class OpenAIServing:
                 status=429, kind="rate_limit_error", headers={"Retry-After": "1"},
             )  # fmt: skip
 
+    def _max_tokens(self, prompt: str | list[int], max_tokens: int | None, param: str) -> int:
+        """``max_tokens`` within the context: unset means up to ``max_model_len``; a prompt plus
+        ``max_tokens`` over it is refused (the engine refuses an over-long prompt by itself)."""
+        limit, tok = self.llm.max_model_len, self.llm.tokenizer
+        n = (
+            len(prompt)
+            if not isinstance(prompt, str) or tok is None
+            else len(tok(prompt)["input_ids"])
+        )
+        if max_tokens is None or not isinstance(max_tokens, int) or n > limit:
+            return max(limit - n, 1) if max_tokens is None else max_tokens
+        if n + max_tokens > limit:
+            where = "the prompt rendered from messages" if param == "messages" else "the prompt"
+            raise RequestError(
+                f"max_tokens={max_tokens} with {where} of {n} tokens needs {n + max_tokens}; "
+                f"prompt + max_tokens must be at most max_model_len={limit}",
+                "max_tokens",
+            )
+        return max_tokens
+
     def _params(self, body: SamplingFields, max_tokens: int | None, index: int) -> SamplingParams:
         try:
             return SamplingParams(
                 temperature=_default(body.temperature, 1.0),
                 top_p=_default(body.top_p, 1.0),
                 top_k=_default(body.top_k, -1),
-                max_tokens=self.llm.max_model_len if max_tokens is None else max_tokens,
+                max_tokens=max_tokens,
                 repetition_penalty=body.repetition_penalty,
                 stop=body.stop,
                 ignore_eos=body.ignore_eos,

@@ -22,6 +22,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantization", default=None, choices=["gptq"], help="default: from the checkpoint"
     )
+    p.add_argument(
+        "--tensor-parallel-size", "--tp", type=int, default=None, help="ranks (GPUs) per model"
+    )
 
 
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -32,6 +35,7 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
         max_model_len=args.max_model_len,
         load_format="dummy" if args.dummy_weights else args.load_format,
         quantization=args.quantization,
+        tensor_parallel_size=args.tensor_parallel_size,
     )
 
 

@@ -42,6 +42,7 @@ LATER_FEATURES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "quantization": ("m7_gptq", (None,)),
     "async_scheduling": ("m8_fast", (None, False)),
     "kv_cache_dtype": ("m8_fast", (None, "auto")),
+    "tensor_parallel_size": ("m10_tp", (None, 1)),
 }
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash")
@@ -180,6 +181,7 @@ class EngineConfig:
     quantization: str | None = None
     async_scheduling: bool | None = None  # None: on for CUDA, off on a CPU (m8)
     kv_cache_dtype: str | None = None  # None / "auto": the model's dtype; "fp8" (m8)
+    tensor_parallel_size: int | None = None  # m10: ranks (processes, GPUs) sharing the model
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -279,6 +281,9 @@ class EngineConfig:
             raise ValueError(
                 f"async_scheduling must be a bool or None (on for CUDA), got {self.async_scheduling!r}"
             )
+        tp = self.tensor_parallel_size
+        if tp is not None and (isinstance(tp, bool) or not isinstance(tp, int) or tp < 1):
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {tp!r}")
         if self.kv_cache_dtype not in (None, *KV_CACHE_DTYPES):
             raise ValueError(
                 f"kv_cache_dtype must be one of {tuple(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"
@@ -367,6 +372,47 @@ class EngineConfig:
             enable_chunked_prefill=self.enable_chunked_prefill is not False,  # on by default (m5)
             max_chunk_size=self.max_chunk_size,
             long_prefill_token_threshold=self.long_prefill_token_threshold,
+        )
+
+
+def verify_tensor_parallel(arch: ModelArchConfig, tp: int, quant_config: Any = None) -> None:
+    """Every split of the model over ``tp`` ranks must be exact (m10); else a ValueError naming
+    the field and the sizes this model allows. Checked before any process starts."""
+
+    def problem(n: int) -> str | None:
+        kv = arch.num_key_value_heads
+        if n > kv:
+            return (
+                f"is larger than num_key_value_heads={kv}: each rank needs its own KV heads "
+                f"(copying KV heads to several ranks is not supported)"
+            )
+        for name in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+            if getattr(arch, name) % n:
+                return f"does not divide {name}={getattr(arch, name)}"
+        if quant_config is None or n == 1:
+            return None
+        if quant_config.desc_act:
+            return (
+                "cannot split a GPTQ act-order (desc_act=True) checkpoint: its groups are "
+                "scattered over the input channels that row-parallel layers split"
+            )
+        gs = quant_config.group_size
+        for name, size in (
+            ("num_attention_heads * head_dim", arch.num_attention_heads * arch.head_dim),
+            ("intermediate_size", arch.intermediate_size),
+        ):
+            if (size // n) % 8 or (gs != -1 and (size // n) % gs):
+                return (
+                    f"splits {name}={size} into {size // n} input channels per rank: GPTQ needs "
+                    f"whole groups of {gs} (and multiples of 8) on every rank"
+                )
+        return None
+
+    why = problem(tp)
+    if why is not None:
+        allowed = [n for n in range(1, arch.num_key_value_heads + 1) if problem(n) is None]
+        raise ValueError(
+            f"tensor_parallel_size={tp} {why}; this model allows tensor_parallel_size in {allowed}"
         )
 
 

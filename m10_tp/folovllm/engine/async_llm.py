@@ -166,6 +166,7 @@ class AsyncLLM:
             await asyncio.sleep(0.01)
         self._send(("stop",))
         await asyncio.to_thread(self._thread.join)
+        self.engine.shutdown()  # m10: the worker processes of a tensor-parallel engine
         await asyncio.sleep(0)  # deliver the aborted requests' last outputs
         # An add that raced with the stop never reached the engine: refuse it.
         refused = [rid for rid, stream in self._streams.items() if not stream.done]

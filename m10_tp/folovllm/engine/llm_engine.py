@@ -8,6 +8,9 @@ step N's tokens and applies them, so the host's work overlaps the GPU's (``_step
 ``AsyncScheduler``). A request that stops on EOS or a stop string at N has already been given a
 row in N+1, whose token is dropped: one wasted row per such request. A stop by length is known
 ahead and costs nothing.
+
+m10 ``tensor_parallel_size=N``: the steps run on N processes (executor/multiproc_executor.py),
+which the engine drives through the same two calls as one ModelRunner; ``shutdown()`` stops them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from folovllm.core.sched.async_scheduler import AsyncScheduler
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.detokenizer import IncrementalDetokenizer
+from folovllm.executor.multiproc_executor import MultiprocExecutor
 from folovllm.metrics.stats import EngineStats
 from folovllm.model_executor.model_loader import (
     get_eos_token_ids,
@@ -61,16 +65,20 @@ class LLMEngine:
         self.scheduler_config = resolve_scheduler_config(
             config.scheduler_config, self.max_model_len
         )
-        self.runner = ModelRunner(
-            self.model_config,
-            config.cache_config,
-            self.scheduler_config.max_num_batched_tokens,
+        runner_kwargs = dict(
+            cache_config=config.cache_config,
+            max_num_batched_tokens=self.scheduler_config.max_num_batched_tokens,
             keep_logits=keep_logits,
             max_num_seqs=self.scheduler_config.max_num_seqs,
             attention_backend=config.attention_backend,
             enforce_eager=config.enforce_eager,
             cudagraph_mode=config.cudagraph_mode,
         )
+        tp = config.tensor_parallel_size or 1
+        if tp > 1:  # rank 0's runner here, one worker process per other rank
+            self.runner = MultiprocExecutor(self.model_config, runner_kwargs, tp)
+        else:
+            self.runner = ModelRunner(self.model_config, **runner_kwargs)
         self.kv_cache_manager = KVCacheManager(
             self.runner.num_blocks,
             self.runner.block_size,
@@ -157,6 +165,11 @@ class LLMEngine:
         req.output_text = detok.text
         self.stats.record_finished(req)
         return self._pop_output(req)
+
+    def shutdown(self) -> None:
+        """Stop and join the worker processes (tensor parallelism); one rank has none."""
+        if isinstance(self.runner, MultiprocExecutor):
+            self.runner.shutdown()
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests() or self.in_flight is not None

@@ -30,6 +30,8 @@ class LLM:
 
     ``LLM(model="folo-tiny")``, ``LLM(model=..., engine_config=EngineConfig(...))`` or
     ``LLM(model=..., max_model_len=1024, dtype="bf16")`` (keyword arguments are EngineConfig fields).
+    With ``tensor_parallel_size > 1`` it owns worker processes: ``shutdown()``, or
+    ``with LLM(...) as llm:``, stops them (so does the interpreter's exit).
     """
 
     def __init__(
@@ -52,6 +54,16 @@ class LLM:
             engine_config.model = model
         self.engine = LLMEngine(engine_config)
         self.tokenizer = self.engine.tokenizer
+
+    def shutdown(self) -> None:
+        """Stop the engine's worker processes, if it has any (idempotent)."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix (m6): the next requests start cold. False while busy."""

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from folovllm.config import EngineConfig, ModelArchConfig, ModelConfig
+from folovllm.config import EngineConfig, ModelArchConfig, ModelConfig, verify_tensor_parallel
+from folovllm.distributed.parallel_state import get_tensor_model_parallel_world_size
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,12 @@ def get_model_config(config: EngineConfig) -> ModelConfig:
         quant_config = get_quantization_config(
             config.quantization, arch.quantization_config, str(path / "config.json")
         )
+    tp = config.tensor_parallel_size or 1
+    verify_tensor_parallel(arch, tp, quant_config)  # m10: before any worker process starts
+    if device.type == "cuda" and tp > torch.cuda.device_count():
+        raise ValueError(
+            f"tensor_parallel_size={tp} needs {tp} GPUs; this machine has {torch.cuda.device_count()}"
+        )
     return ModelConfig(
         model=str(config.model),
         path=path,
@@ -230,15 +237,16 @@ def safetensors_files(path: Path) -> list[Path]:
 
 
 def iterate_safetensors(
-    path: Path, device: torch.device | str = "cpu"
+    path: Path, device: torch.device | str = "cpu", lazy: bool = False
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` for every weight, one shard open at a time."""
+    """Yield ``(name, tensor)`` for every weight, one shard open at a time. ``lazy`` (m10): a
+    safetensors slice instead, read when the layer takes its part (model_executor/weight_utils)."""
     from safetensors import safe_open
 
     for file in safetensors_files(path):
         with safe_open(str(file), framework="pt", device=str(device)) as f:
             for name in f.keys():
-                yield name, f.get_tensor(name)
+                yield name, f.get_slice(name) if lazy else f.get_tensor(name)
 
 
 def weight_shapes(arch: ModelArchConfig) -> dict[str, tuple[int, ...]]:
@@ -340,7 +348,8 @@ def iterate_weights(
         return iterate_dummy_weights(
             model_config.arch, model_config.dtype, device, model_config.seed
         )
-    return iterate_safetensors(model_config.path, device)
+    lazy = get_tensor_model_parallel_world_size() > 1  # each rank reads only its slice
+    return iterate_safetensors(model_config.path, device, lazy)
 
 
 def count_checkpoint_parameters(path: Path) -> int:

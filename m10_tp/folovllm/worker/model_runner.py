@@ -8,6 +8,11 @@ attention backend is chosen by ``attention_backend``, and decode steps replay CU
 m8: ``execute_model_async`` launches a step and returns at once; the sampled ids come back
 through an ``AsyncModelRunnerOutput`` (worker/async_output.py) while the host prepares the next
 step. Tokens sampled by the step in flight reach the next step's inputs on the device.
+
+m10: with tensor parallelism every rank runs a runner of its own on the same scheduler output
+(executor/multiproc_executor.py): its model holds 1/N of the weights and its KV cache 1/N of the
+KV heads, in blocks numbered as on rank 0, so one block table serves every rank. Rank 0 gets the
+logits and samples; the sampled ids are broadcast, so every rank knows the tokens it feeds next.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from folovllm.attention.backends.abstract import CommonAttentionMetadata
 from folovllm.attention.layer import Attention
 from folovllm.config import DEFAULT_MAX_NUM_SEQS, KV_CACHE_DTYPES, CacheConfig, ModelConfig
 from folovllm.core.sched.output import SchedulerOutput
+from folovllm.distributed.communication_op import broadcast_tensor
+from folovllm.distributed.parallel_state import (
+    get_tensor_model_parallel_rank,
+    get_tensor_model_parallel_world_size,
+    get_tp_group,
+)
 from folovllm.forward_context import set_forward_context
 from folovllm.model_executor.models import get_model
 from folovllm.request import Request
@@ -64,6 +75,9 @@ class ModelRunner:
         self.max_model_len = model_config.max_model_len
         self.max_num_seqs = max_num_seqs  # rows the sampler may get in one step (profile run)
         self.keep_logits = keep_logits
+        self.tp_rank = get_tensor_model_parallel_rank()
+        self.tp_size = get_tensor_model_parallel_world_size()
+        self.num_kv_heads = model_config.arch.num_key_value_heads // self.tp_size  # this rank's
         torch.manual_seed(model_config.seed)
         # Chosen before the model is built: every Attention layer asks for it.
         if cache_config.kv_cache_dtype == "fp8" and attention_backend in (None, "auto"):
@@ -91,7 +105,9 @@ class ModelRunner:
         )
         # The cache's element type: the model's, or float8 e4m3 for kv_cache_dtype="fp8".
         self.kv_dtype = KV_CACHE_DTYPES[cache_config.kv_cache_dtype] or self.dtype
-        self.kv_bytes_per_token = model_config.arch.kv_bytes_per_token(self.kv_dtype)
+        self.kv_bytes_per_token = (
+            model_config.arch.kv_bytes_per_token(self.kv_dtype) // self.tp_size
+        )
         self.block_bytes = self.block_size * self.kv_bytes_per_token
         self.input_batch = InputBatch(
             max_num_seqs, max_num_batched_tokens, self.max_model_len, self.block_size, self.device
@@ -115,13 +131,12 @@ class ModelRunner:
     def _make_builder(self):
         if self.attn_backend.get_name() == "torch":
             return self.attn_backend.get_builder_cls()()
-        arch = self.model_config.arch
         sms = (
             torch.cuda.get_device_properties(self.device).multi_processor_count
             if self.device.type == "cuda"
             else 1
         )
-        return self.attn_backend.get_builder_cls()(arch.num_key_value_heads, sms)
+        return self.attn_backend.get_builder_cls()(self.num_kv_heads, sms)
 
     def _num_blocks(self, cache_config: CacheConfig, max_num_batched_tokens: int) -> int:
         """How many KV blocks fit the budget: given outright, in GiB, or what the GPU has left."""
@@ -140,6 +155,10 @@ class ModelRunner:
             else:
                 budget = DEFAULT_CPU_KV_BYTES
             num_blocks = max(0, budget) // self.block_bytes
+        if self.tp_size > 1:  # one block table for every rank: the fewest blocks any rank has
+            count = torch.tensor([num_blocks], device=self.device)
+            torch.distributed.all_reduce(count, torch.distributed.ReduceOp.MIN, get_tp_group())
+            num_blocks = int(count.item())
         if num_blocks * self.block_size < self.max_model_len:
             raise ValueError(
                 f"the KV cache ({num_blocks} blocks x {self.block_size} tokens) cannot hold one sequence "
@@ -162,8 +181,11 @@ class ModelRunner:
                 hidden = self.model(input_ids, positions)
             logits = self.model.compute_logits(hidden[logits_indices])
             del hidden
-            sampling = SamplingMetadata.from_requests(so.scheduled, logits.shape[-1], self.device)
-            self.sampler(logits, sampling)
+            if logits is not None:  # rank 0
+                sampling = SamplingMetadata.from_requests(
+                    so.scheduled, logits.shape[-1], self.device
+                )
+                self.sampler(logits, sampling)
             del logits
             for r in so.scheduled:
                 self.input_batch.remove(r.request_id)
@@ -176,7 +198,7 @@ class ModelRunner:
     def _allocate_kv_cache(self, num_blocks: int, log: bool = True) -> list[torch.Tensor]:
         arch = self.model_config.arch
         shape = self.attn_backend.get_kv_cache_shape(
-            num_blocks, self.block_size, arch.num_key_value_heads, arch.head_dim
+            num_blocks, self.block_size, self.num_kv_heads, arch.head_dim
         )
         caches = []
         for attn in self.attn_layers.values():
@@ -313,6 +335,8 @@ class ModelRunner:
                 idx = idx.pin_memory().to(self.device, non_blocking=True)
             hidden, reqs = hidden[idx], [reqs[i] for i in done.tolist()]
         logits = self.model.compute_logits(hidden)
+        if self.tp_size > 1 and self.tp_rank > 0:  # rank 0 samples; the ids come from it
+            return self._receive_sampled(reqs)
         # A decode batch is usually the same requests as the step before (vLLM's persistent
         # batch): their rows and sampling metadata are then reused, not rebuilt per request.
         if reqs != self.batch_reqs:  # list ==: the same Request objects in the same order
@@ -324,9 +348,20 @@ class ModelRunner:
                 reqs, logits.shape[-1], self.device, self._generators(reqs)
             )
         self.prev_sampled = self.sampler(logits, md)
+        if self.tp_size > 1:
+            broadcast_tensor(self.prev_sampled)
         return AsyncModelRunnerOutput(
             list(self.prev_rows), self.prev_sampled, logits.float() if self.keep_logits else None
         )
+
+    def _receive_sampled(self, reqs: list[Request]) -> AsyncModelRunnerOutput:
+        """A rank other than 0: rank 0's sampled ids, which the next step may need as inputs."""
+        if reqs != self.batch_reqs:
+            self.batch_reqs = list(reqs)
+            self.prev_rows = {r.request_id: i for i, r in enumerate(reqs)}
+        self.prev_sampled = torch.empty(len(reqs), dtype=torch.long, device=self.device)
+        broadcast_tensor(self.prev_sampled)
+        return AsyncModelRunnerOutput(list(self.prev_rows), self.prev_sampled)
 
     def _generators(self, requests: list[Request]) -> dict[str, torch.Generator]:
         for r in requests:

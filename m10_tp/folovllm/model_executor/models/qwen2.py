@@ -3,6 +3,10 @@
 The same classes serve Qwen3 (see qwen3.py): the two differences are flags read from the config.
 ``forward(input_ids, positions)`` takes a flat batch of tokens; which request each token belongs to
 and where its K/V go is in the attention metadata of the forward context.
+
+m10: with N tensor-parallel ranks each rank builds the same model with 1/N of the heads, KV heads,
+MLP rows and vocabulary (the parallel layers read N from parallel_state); the checkpoint's names
+and the forward are unchanged, and the two row-parallel layers of a decoder layer all-reduce.
 """
 
 from __future__ import annotations
@@ -16,9 +20,19 @@ from folovllm.attention.layer import Attention
 from folovllm.config import ModelArchConfig
 from folovllm.model_executor.layers import fused
 from folovllm.model_executor.layers.activation import SiluAndMul
-from folovllm.model_executor.layers.linear import Linear, MergedLinear, QKVLinear
+from folovllm.model_executor.layers.linear import (
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from folovllm.model_executor.layers.rms_norm import RMSNorm
 from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding
+from folovllm.model_executor.layers.vocab_parallel_embedding import (
+    ParallelLMHead,
+    VocabParallelEmbedding,
+    compute_logits,
+)
+from folovllm.model_executor.weight_utils import materialize, weight_shape
 
 
 class Qwen2Attention(nn.Module):
@@ -26,21 +40,21 @@ class Qwen2Attention(nn.Module):
         self, cfg: ModelArchConfig, layer_idx: int, rotary_emb: RotaryEmbedding, quant_config=None
     ) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
-        self.q_size, self.kv_size = (
-            self.num_heads * self.head_dim,
-            self.num_kv_heads * self.head_dim,
-        )
-        self.qkv_proj = QKVLinear(
+        self.qkv_proj = QKVParallelLinear(
             cfg.hidden_size,
             self.head_dim,
-            self.num_heads,
-            self.num_kv_heads,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
             cfg.attention_bias,
             quant_config,
         )
-        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=False, quant_config=quant_config)
+        # This rank's heads (all of them with one rank).
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
+        self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
+        self.o_proj = RowParallelLinear(
+            cfg.num_attention_heads * self.head_dim, cfg.hidden_size, quant_config=quant_config
+        )
         self.qk_norm = cfg.qk_norm
         if self.qk_norm:  # Qwen3: RMSNorm over each head of q and k, before RoPE
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
@@ -71,10 +85,12 @@ class Qwen2Attention(nn.Module):
 class Qwen2MLP(nn.Module):
     def __init__(self, cfg: ModelArchConfig, quant_config=None) -> None:
         super().__init__()
-        self.gate_up_proj = MergedLinear(
+        self.gate_up_proj = MergedColumnParallelLinear(
             cfg.hidden_size, [cfg.intermediate_size] * 2, quant_config=quant_config
         )
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, quant_config=quant_config)
+        self.down_proj = RowParallelLinear(
+            cfg.intermediate_size, cfg.hidden_size, quant_config=quant_config
+        )
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +122,7 @@ class Qwen2DecoderLayer(nn.Module):
 class Qwen2Model(nn.Module):
     def __init__(self, cfg: ModelArchConfig, quant_config=None) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         rope = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
         self.layers = nn.ModuleList(
             Qwen2DecoderLayer(cfg, i, rope, quant_config) for i in range(cfg.num_hidden_layers)
@@ -139,14 +155,15 @@ class Qwen2ForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
         else:
-            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+            self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Hidden states of every token: [num_tokens, hidden_size]."""
         return self.model(input_ids, positions)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(hidden, self.lm_head.weight)
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Logits over the vocabulary; with several ranks on rank 0 only (the others: None)."""
+        return compute_logits(hidden, self.lm_head)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors into parameters by name; every parameter must be filled."""
@@ -174,17 +191,19 @@ class Qwen2ForCausalLM(nn.Module):
             with torch.no_grad():
                 if loader is not None:
                     loader(param, tensor, shard_id)
-                elif param.shape != tensor.shape:
+                elif tuple(param.shape) != weight_shape(tensor):
                     raise ValueError(
-                        f"shape mismatch for {name}: model {tuple(param.shape)}, checkpoint {tuple(tensor.shape)}"
+                        f"shape mismatch for {name}: model {tuple(param.shape)}, checkpoint {weight_shape(tensor)}"
                     )
                 else:
-                    param.copy_(tensor)
+                    param.copy_(materialize(tensor))  # replicated (norms): whole on every rank
             loaded.add(name if shard_id is None else f"{name}#{shard_id}")
         expected = set()
         for name in params:
             module = self._owner(name)
-            shards = {QKVLinear: ("q", "k", "v"), MergedLinear: (0, 1)}.get(type(module))
+            shards = {QKVParallelLinear: ("q", "k", "v"), MergedColumnParallelLinear: (0, 1)}.get(
+                type(module)
+            )
             expected.update(f"{name}#{s}" for s in shards) if shards else expected.add(name)
         missing = sorted(expected - loaded)
         if missing:

@@ -10,6 +10,10 @@ Act-order (``desc_act``) checkpoints quantize input channels in a permuted order
 channels are scattered. At load time the rows of ``qweight`` are sorted by group once and the same
 permutation is applied to the activations (one gather per call); the kernel then always sees
 contiguous groups, as ExLlama's and vLLM's "shuffle" does.
+
+m10: a row-parallel layer splits the input channels, so each rank's slice must hold whole groups
+(its scales and zeros are then its own); with one group (``group_size=-1``) every rank shares it.
+Act-order scatters a group's channels over every rank's slice: refused for tensor parallelism.
 """
 
 from __future__ import annotations
@@ -103,14 +107,28 @@ class GPTQLinearMethod:
         def param(shape, dtype, output_dim, pack=1):
             p = nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False)
             p.output_dim, p.pack_factor = output_dim, pack  # how the weight_loader shards it
+            p.input_dim = 0  # m10: a row-parallel layer splits every one of them along dim 0
             return p
 
         layer.qweight = param((input_size // PACK, output_size), torch.int32, 1)
         layer.qzeros = param((groups, output_size // PACK), torch.int32, 1, PACK)
         layer.scales = param((groups, output_size), torch.float16, 1)
         layer.g_idx = param((input_size,), torch.int32, None)  # shared by every shard
+        layer.g_idx.group_index = True
         layer.register_buffer("perm", None, persistent=False)
         layer.dense_weight = None  # set only when g_idx cannot be made contiguous
+
+    def shard_g_idx(self, layer: nn.Module, g_idx: torch.Tensor, rank: int) -> torch.Tensor:
+        """A row-parallel rank's slice of g_idx, renumbered to its own groups (m10)."""
+        groups = layer.scales.shape[0]
+        local = g_idx - rank * groups if self.config.group_size != -1 else g_idx
+        if int(local.min()) < 0 or int(local.max()) >= groups:
+            raise ValueError(
+                f"GPTQ act-order (desc_act): the input channels of tensor-parallel rank {rank} "
+                f"belong to groups held by other ranks; this checkpoint cannot be split by input "
+                f"channels (use tensor_parallel_size=1 or a checkpoint with desc_act=False)"
+            )
+        return local
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         """Sort act-order rows into contiguous groups (once); check what was loaded."""

@@ -92,3 +92,52 @@ def default_g_idx(in_features: int, group_size: int, device=None) -> torch.Tenso
     """g_idx without act-order: channel k belongs to group k // group_size (-1: one group)."""
     gs = in_features if group_size == -1 else group_size
     return torch.arange(in_features, dtype=torch.int32, device=device) // gs
+
+
+# ---- the kernels' layout, made once at load time (gptq.py) from the format above ----
+#
+# ``qweight`` packs along K inside each column, so a program that owns a few output columns reads
+# 4-byte pieces spread over K // 8 rows. The kernels want the opposite: an output channel's
+# weights as one contiguous run along K, read in 16-byte vectors, with each vector's nibbles in
+# the order the arithmetic consumes them. ``repack_nk`` transposes and interleaves::
+#
+#     format  qweight [K/8, N]                     repacked [N, Kp/8]   (Kp = K rounded up to 32)
+#
+#     row j   | n0 | n1 | n2 | ...                 row n   | chunk 0 (16 B)  | chunk 1 (16 B)  | ...
+#      word j of column n: channels 8j..8j+7               |w0 |w1 |w2 |w3 | w4 |w5 |w6 |w7 | ...
+#
+#     chunk c = 4 words = channels 32c .. 32c+31;  word l of the chunk, nibble i  <->  channel 32c + 4i + l
+#
+#               bits 28-31 ... bits 4-7   bits 0-3
+#       w0:     ch 28     ...  ch 4       ch 0          nibble plane i = (word >> 4i) & 0xF
+#       w1:     ch 29     ...  ch 5       ch 1          of the chunk's 4 words = channels
+#       w2:     ch 30     ...  ch 6       ch 2          32c + 4i .. 32c + 4i + 3: 4 adjacent
+#       w3:     ch 31     ...  ch 7       ch 3          activations, one 8-byte load of x
+#
+# A shift and a mask give eight 4-wide planes of a whole tile at once, each against contiguous
+# activations: no gathers, no reshapes. Channels past K (padding to 32) hold 0 and meet x = 0.
+# ``qzeros`` and ``scales`` keep the format's layout: a program reads them per group as one short
+# contiguous run over its output channels.
+CHUNK = 32  # input channels per 16-byte run (4 words)
+
+
+def repack_nk(q: torch.Tensor) -> torch.Tensor:
+    """[K, N] ints in [0, 15] (any K) -> int32 [N, Kp // 8], Kp = K rounded up to ``CHUNK``."""
+    k, n = q.shape
+    _check_values(q, "q")
+    kp = -(-k // CHUNK) * CHUNK
+    qt = torch.zeros((n, kp), dtype=torch.int64, device=q.device)
+    qt[:, :k] = q.t()
+    qt = qt.view(n, kp // CHUNK, PACK, CHUNK // PACK)  # [n, chunk c, nibble i, word l]
+    words = torch.zeros((n, kp // CHUNK, CHUNK // PACK), dtype=torch.int64, device=q.device)
+    for i in range(PACK):
+        words |= qt[:, :, i, :] << (BITS * i)
+    return _to_int32(words.view(n, kp // PACK))
+
+
+def unpack_nk(qweight: torch.Tensor, k: int) -> torch.Tensor:
+    """int32 [N, Kp // 8] (``repack_nk``'s layout) -> int32 [K, N] in [0, 15]."""
+    n, kw = qweight.shape
+    shifts = _SHIFTS.to(qweight.device).view(1, 1, PACK, 1)
+    q = (qweight.view(n, kw * PACK // CHUNK, 1, CHUNK // PACK) >> shifts) & MASK
+    return q.reshape(n, kw * PACK)[:, :k].t()

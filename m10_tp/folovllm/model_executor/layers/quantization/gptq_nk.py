@@ -1,0 +1,540 @@
+"""GPTQ 4-bit matmul over the repacked layout: ``y = x @ W`` with ``W`` read as 4-bit words.
+
+The engine's kernels. At load time ``gptq.py`` turns the checkpoint's ``qweight`` [K/8, N] into
+``repack_nk``'s layout (utils/gptq_pack.py has the diagram): int32 [N, Kp/8], each output channel
+a contiguous run along K, each 16-byte chunk of 4 words holding 32 input channels so that nibble
+``i`` of word ``l`` is channel ``32c + 4i + l``. A tile [BLOCK_N, BLOCK_K/8] of words is loaded with
+16-byte vectors; ``(words >> 4i) & 0xF`` is then a whole tile of weights whose activations are
+4 adjacent values per chunk (one short vector load of x). ``qzeros`` and ``scales`` keep the
+format's layout; the zero of column n is ``stored + zero_offset`` (1 for "gptq", 0 for "gptq_v2").
+
+Decode reads every weight once per step and does 2 flops per weight per row, so the work per byte
+decides the speed. Per group (a K-tile never straddles two), with ``s`` the scale and ``z`` the
+zero of each column::
+
+    sum_k x_k s (q_k - z) = s * (sum_k x_k q_k  -  z * sum_k x_k)
+
+so the loop body is only "nibble -> float, multiply-add with x": the zero and the scale are one
+FMA per column per group, after a reduction along K.
+
+- ``_nk_gemv_kernel`` (M <= 4): CUDA-core FMAs, all rows in one program, so each word is read
+  once per step. Nibble -> float32 without an int -> float conversion (``deq``):
+  "mantissa": shift the nibble into the top mantissa bits of 1.0 (the float 1 + q/16; then
+  ``sum x q = 16 (sum x (1 + q/16) - sum x)``); "exponent": OR it, unshifted, into 2^23's mantissa
+  (the float 2^23 + q 16^e, exact) and subtract 2^23: one logic op and one add, with x pre-scaled
+  by 16^-e; "convert": the plain conversion.
+- ``_nk_dot_kernel`` (5 <= M <= 64): ``tl.dot`` on [BLOCK_M, BLOCK_K/8] x [BLOCK_K/8, BLOCK_N]
+  tiles, eight per K-tile (one per nibble plane). With one group per tile, a nibble becomes
+  bf16/fp16 by an OR into the exponent bits (bf16 0x4300 | q = 128 + q, fp16 0x6400 | q = 1024 + q)
+  and the zero (plus that 128 or 1024) and the scale come after the dot; small groups dequantize
+  each weight with its chunk's group.
+- Prefill (M > 64): ``_nk_dequantize_kernel`` writes ``W`` [N, K] in the activation dtype once,
+  then cuBLAS (``F.linear``).
+
+Split-K: when the output has too few tiles to fill the GPU, K is divided among programs that write
+fp32 partial sums, added by a second kernel in a fixed order (deterministic, unlike atomics).
+Every launch depends only on shapes, so everything is CUDA-graph capturable. ``default_config``
+reads ``TUNED`` (from ``benchmarks/kernels/gptq_kernel_bench.py --sweep``) and falls back to a
+heuristic. Off CUDA, ``gptq_nk_matmul`` runs a torch reference (the tests run the kernels in
+Triton's interpreter).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from folovllm.model_executor.layers.quantization.utils import gptq_pack
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only install runs the torch reference
+    triton = tl = None
+
+MIN_DOT = 16  # tl.dot on the GPU needs every tile dimension >= 16
+GEMV_MAX_M = 4  # rows served by the FMA kernel
+FUSED_MAX_M = 64  # rows served by the fused kernels; more: dequantize + cuBLAS
+_DEQ = {"mantissa": 0, "exponent": 1, "convert": 2}
+_EXPONENT = {"mantissa": 0x3F800000, "exponent": 0x4B000000, "convert": 0}  # 1.0, 2^23
+_MAGIC = {torch.bfloat16: 128, torch.float16: 1024}  # 0x4300 / 0x6400 as bf16 / fp16
+
+
+@dataclass(frozen=True)
+class NKConfig:
+    """Tiles and launch settings (``block_k``: input channels per step, a multiple of 32)."""
+
+    block_m: int = 16  # dot kernel only
+    block_n: int = 64
+    block_k: int = 128
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    deq: str = "mantissa"  # GEMV: nibble -> float32 (see the module docstring)
+    prefetch: bool = False  # GEMV: load the next tile's words before using this one's
+
+
+if triton is not None:
+
+    @triton.jit
+    def _plane(words, i: tl.constexpr, DEQ: tl.constexpr, exponent):
+        """Nibble plane i of a tile of words as float32: DEQ 0 -> 1 + q/16, 1 -> q * 16^e
+        (e = i for i <= 4, else i - 3), 2 -> q. ``exponent`` (the bits of 1.0 or of 2^23) comes
+        in as an argument: in a register, AND and OR fuse into one 3-input logic op (LOP3)."""
+        if DEQ == 0:
+            if i <= 4:
+                b = (words << (19 - 4 * i)) & 0x00780000
+            else:
+                b = (words >> (4 * i - 19)) & 0x00780000
+            return (b | exponent).to(tl.float32, bitcast=True)
+        elif DEQ == 1:
+            if i <= 4:
+                b = words & (0xF << (4 * i))
+            else:
+                b = (words >> 12) & (0xF << (4 * i - 12))
+            return (b | exponent).to(tl.float32, bitcast=True) - 8388608.0
+        else:
+            return ((words >> (4 * i)) & 0xF).to(tl.float32)
+
+    @triton.jit
+    def _load_words(qw_rows, n_mask, w, t, t_end, KW, BLOCK_K: tl.constexpr):
+        wd = t * (BLOCK_K // 8) + w
+        mask = n_mask[:, None] & ((wd < KW) & (t < t_end))[None, :]
+        return tl.load(qw_rows + wd[None, :], mask=mask, other=0, eviction_policy="evict_first")
+
+    @triton.jit
+    def _gemv_row(x_row, ch, cm, q, p, xs, PLANE: tl.constexpr, DEQ: tl.constexpr):
+        """One row's products with nibble plane PLANE; DEQ 1's planes hold q * 16^e: x * 16^-e."""
+        xv = tl.load(x_row + ch, mask=cm, other=0.0).to(tl.float32)
+        xq = xv
+        if DEQ == 1:
+            if PLANE <= 4:
+                xq = xv * (1.0 / (1 << (4 * PLANE)))
+            else:
+                xq = xv * (1.0 / (1 << (4 * PLANE - 12)))
+        if PLANE == 0:  # start the sums in the layout of x's slice (no cross-warp reductions)
+            return q * xq[None, :], xv
+        return p + q * xq[None, :], xs + xv
+
+    @triton.jit
+    def _gemv_group(acc, p, xs, z, s, DEQ: tl.constexpr):
+        """acc + s (sum x q - z sum x) for one group of one row."""
+        dot = tl.sum(p, axis=1)
+        x_sum = tl.sum(xs, axis=0)
+        if DEQ == 0:
+            dot = 16.0 * (dot - x_sum)  # p held sum x (1 + q/16)
+        return acc + (dot - z * x_sum) * s
+
+    @triton.jit
+    def _nk_gemv_kernel(
+        x_ptr,  # [ROWS, K], activation dtype
+        qw_ptr,  # [N, KW] int32, repack_nk's layout
+        qz_ptr,  # [G, N // 8] int32
+        s_ptr,  # [G, N]
+        out_ptr,  # [ROWS, N], or [split_k, ROWS, N] float32 partial sums
+        N,
+        K,
+        KW,
+        x_stride,
+        qw_stride,
+        qz_stride,
+        s_stride,
+        out_stride_split,
+        out_stride_m,
+        group_size,
+        zero_offset,
+        tiles_per_split,
+        exponent,  # 0x3F800000 (DEQ 0) or 0x4B000000 (DEQ 1), see _plane
+        ROWS: tl.constexpr,  # M (1..4): every row in this program, each word read once
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,  # the host keeps each K-tile inside one group
+        DEQ: tl.constexpr,
+        PREFETCH: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        z_shift = (offs_n % 8) * 4
+        w = tl.arange(0, BLOCK_K // 8)
+        ch0 = (w // 4) * 32 + (w % 4)  # channel of nibble 0 of word w (nibble i: + 4i)
+        qw_rows = qw_ptr + offs_n[:, None].to(tl.int64) * qw_stride
+        acc0 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc1 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc3 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        t_start = pid_k * tiles_per_split
+        t_end = tl.minimum(t_start + tiles_per_split, tl.cdiv(K, BLOCK_K))
+        if PREFETCH:
+            nxt = _load_words(qw_rows, n_mask, w, t_start, t_end, KW, BLOCK_K)
+        else:
+            nxt = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.int32)
+        for t in range(t_start, t_end):
+            if PREFETCH:  # this tile's words arrived during the previous tile's arithmetic
+                words = nxt
+                nxt = _load_words(qw_rows, n_mask, w, t + 1, t_end, KW, BLOCK_K)
+            else:
+                words = _load_words(qw_rows, n_mask, w, t, t_end, KW, BLOCK_K)
+            k0 = t * BLOCK_K
+            g = k0 // group_size
+            zw = tl.load(qz_ptr + g * qz_stride + offs_n // 8, mask=n_mask, other=0)
+            z = (((zw >> z_shift) & 0xF) + zero_offset).to(tl.float32)
+            s = tl.load(s_ptr + g * s_stride + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+            p0, p1, p2, p3 = 0.0, 0.0, 0.0, 0.0  # products and x sums: set by plane 0
+            xs0, xs1, xs2, xs3 = 0.0, 0.0, 0.0, 0.0
+            for i in tl.static_range(8):
+                q = _plane(words, i, DEQ, exponent)
+                ch = k0 + ch0 + 4 * i
+                cm = ch < K
+                p0, xs0 = _gemv_row(x_ptr, ch, cm, q, p0, xs0, i, DEQ)
+                if ROWS > 1:
+                    p1, xs1 = _gemv_row(x_ptr + x_stride, ch, cm, q, p1, xs1, i, DEQ)
+                if ROWS > 2:
+                    p2, xs2 = _gemv_row(x_ptr + 2 * x_stride, ch, cm, q, p2, xs2, i, DEQ)
+                if ROWS > 3:
+                    p3, xs3 = _gemv_row(x_ptr + 3 * x_stride, ch, cm, q, p3, xs3, i, DEQ)
+            acc0 = _gemv_group(acc0, p0, xs0, z, s, DEQ)
+            if ROWS > 1:
+                acc1 = _gemv_group(acc1, p1, xs1, z, s, DEQ)
+            if ROWS > 2:
+                acc2 = _gemv_group(acc2, p2, xs2, z, s, DEQ)
+            if ROWS > 3:
+                acc3 = _gemv_group(acc3, p3, xs3, z, s, DEQ)
+        out = out_ptr + pid_k * out_stride_split + offs_n
+        dt = out_ptr.dtype.element_ty
+        tl.store(out, acc0.to(dt), mask=n_mask)
+        if ROWS > 1:
+            tl.store(out + out_stride_m, acc1.to(dt), mask=n_mask)
+        if ROWS > 2:
+            tl.store(out + 2 * out_stride_m, acc2.to(dt), mask=n_mask)
+        if ROWS > 3:
+            tl.store(out + 3 * out_stride_m, acc3.to(dt), mask=n_mask)
+
+    @triton.jit
+    def _dot_operand(q, dt: tl.constexpr, MAGIC: tl.constexpr):
+        """Nibbles -> the dot's dtype; MAGIC: an OR into the exponent bits gives MAGIC + q."""
+        if MAGIC == 128:
+            return (q | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        elif MAGIC == 1024:
+            return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+        else:
+            return q.to(dt)
+
+    @triton.jit
+    def _dot(a, b, acc, IEEE: tl.constexpr):
+        if IEEE:
+            return tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            return tl.dot(a, b, acc)
+
+    @triton.jit
+    def _nk_dot_kernel(
+        x_ptr,  # [M, K]
+        qw_ptr,  # [N, KW] int32
+        qz_ptr,
+        s_ptr,
+        out_ptr,
+        M,
+        N,
+        K,
+        KW,
+        x_stride,
+        qw_stride,
+        qz_stride,
+        s_stride,
+        out_stride_split,
+        out_stride_m,
+        group_size,
+        zero_offset,
+        tiles_per_split,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        ONE_GROUP: tl.constexpr,  # every K-tile inside one group: zero and scale after the dot
+        MAGIC: tl.constexpr,  # 0, or 128 (bf16) / 1024 (fp16), with ONE_GROUP only
+        IEEE: tl.constexpr,  # float32 activations: exact dots (no TF32)
+    ):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_mask = offs_m < M
+        n_mask = offs_n < N
+        z_shift = (offs_n % 8) * 4
+        w = tl.arange(0, BLOCK_K // 8)
+        ch0 = (w // 4) * 32 + (w % 4)
+        qw_rows = qw_ptr + offs_n[:, None].to(tl.int64) * qw_stride
+        x_rows = x_ptr + offs_m[:, None].to(tl.int64) * x_stride
+        dt = x_ptr.dtype.element_ty
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        t_start = pid_k * tiles_per_split
+        t_end = tl.minimum(t_start + tiles_per_split, tl.cdiv(K, BLOCK_K))
+        for t in range(t_start, t_end):
+            k0 = t * BLOCK_K
+            words = _load_words(qw_rows, n_mask, w, t, t_end, KW, BLOCK_K)
+            if ONE_GROUP:
+                g = k0 // group_size
+                zw = tl.load(qz_ptr + g * qz_stride + offs_n // 8, mask=n_mask, other=0)
+                z = ((zw >> z_shift) & 0xF) + (zero_offset + MAGIC)
+                s = tl.load(s_ptr + g * s_stride + offs_n, mask=n_mask, other=0.0)
+                xq = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+                x_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+                for i in tl.static_range(8):
+                    ch = k0 + ch0 + 4 * i
+                    a = tl.load(x_rows + ch[None, :], mask=m_mask[:, None] & (ch < K)[None, :],
+                                other=0.0)  # fmt: skip
+                    b = _dot_operand((words >> (4 * i)) & 0xF, dt, MAGIC)
+                    xq = _dot(a, tl.trans(b), xq, IEEE)
+                    x_sum += tl.sum(a.to(tl.float32), axis=1)
+                xz = x_sum[:, None] * z.to(tl.float32)[None, :]
+                acc += (xq - xz) * s.to(tl.float32)[None, :]
+            else:
+                # Groups change inside the tile: each 32-channel chunk (4 words) has one group.
+                g = (k0 + (w // 4) * 32) // group_size
+                kn = n_mask[:, None] & (k0 // 8 + w < KW)[None, :]
+                zw = tl.load(qz_ptr + g[None, :] * qz_stride + (offs_n // 8)[:, None], mask=kn,
+                             other=0)  # fmt: skip
+                z = ((zw >> z_shift[:, None]) & 0xF) + zero_offset
+                s = tl.load(s_ptr + g[None, :] * s_stride + offs_n[:, None], mask=kn, other=0.0)
+                for i in tl.static_range(8):
+                    ch = k0 + ch0 + 4 * i
+                    a = tl.load(x_rows + ch[None, :], mask=m_mask[:, None] & (ch < K)[None, :],
+                                other=0.0)  # fmt: skip
+                    b = ((((words >> (4 * i)) & 0xF) - z).to(tl.float32) * s.to(tl.float32)).to(dt)
+                    acc = _dot(a, tl.trans(b), acc, IEEE)
+        out = (
+            out_ptr
+            + pid_k * out_stride_split
+            + offs_m[:, None].to(tl.int64) * out_stride_m
+            + offs_n[None, :]
+        )
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+    @triton.jit
+    def _nk_dequantize_kernel(
+        qw_ptr,
+        qz_ptr,
+        s_ptr,
+        w_ptr,  # [N, K] output (F.linear's weight layout)
+        N,
+        K,
+        KW,
+        qw_stride,
+        qz_stride,
+        s_stride,
+        w_stride,
+        group_size,
+        zero_offset,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        t = tl.program_id(1)
+        k0 = t * BLOCK_K
+        n_mask = offs_n < N
+        w = tl.arange(0, BLOCK_K // 8)
+        ch0 = (w // 4) * 32 + (w % 4)
+        qw_rows = qw_ptr + offs_n[:, None].to(tl.int64) * qw_stride
+        words = _load_words(qw_rows, n_mask, w, t, t + 1, KW, BLOCK_K)
+        g = (k0 + (w // 4) * 32) // group_size
+        kn = n_mask[:, None] & (k0 // 8 + w < KW)[None, :]
+        zw = tl.load(qz_ptr + g[None, :] * qz_stride + (offs_n // 8)[:, None], mask=kn, other=0)
+        z = ((zw >> ((offs_n % 8) * 4)[:, None]) & 0xF) + zero_offset
+        s = tl.load(s_ptr + g[None, :] * s_stride + offs_n[:, None], mask=kn, other=0.0)
+        w_rows = w_ptr + offs_n[:, None].to(tl.int64) * w_stride
+        for i in tl.static_range(8):
+            ch = k0 + ch0 + 4 * i
+            v = (((words >> (4 * i)) & 0xF) - z).to(tl.float32) * s.to(tl.float32)
+            tl.store(w_rows + ch[None, :], v.to(w_ptr.dtype.element_ty),
+                     mask=n_mask[:, None] & (ch < K)[None, :])  # fmt: skip
+
+
+def _check(x_k, qweight, qzeros, scales, k: int, group_size: int) -> tuple[int, int]:
+    """(N, effective group size) after checking the shapes agree; raises ValueError."""
+    if qweight.dtype != torch.int32 or qzeros.dtype != torch.int32:
+        raise ValueError("qweight and qzeros must be int32")
+    n, kw = qweight.shape
+    if kw != -(-k // gptq_pack.CHUNK) * (gptq_pack.CHUNK // gptq_pack.PACK):
+        raise ValueError(f"qweight {tuple(qweight.shape)} is not repack_nk's layout of K={k}")
+    if x_k is not None and x_k != k:
+        raise ValueError(f"x has {x_k} input features, the layer has {k}")
+    if n % gptq_pack.PACK or qzeros.shape[1] * gptq_pack.PACK != n:
+        raise ValueError(f"output features ({n}) must be a multiple of 8 and match qzeros")
+    gs = k if group_size == -1 else group_size
+    if gs <= 0 or (gs < k and gs % gptq_pack.CHUNK):
+        raise ValueError(f"group_size must be -1, >= K or a multiple of 32, got {group_size}")
+    groups = -(-k // gs)
+    if scales.shape != (groups, n) or qzeros.shape[0] != groups:
+        raise ValueError(
+            f"scales {tuple(scales.shape)} / qzeros {tuple(qzeros.shape)} do not match "
+            f"{groups} groups of {gs} over K={k}, N={n}"
+        )
+    if qweight.stride(1) != 1 or qzeros.stride(1) != 1 or scales.stride(1) != 1:
+        raise ValueError("qweight, qzeros and scales need contiguous rows")
+    return n, gs
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+# Measured best configurations, (M, N, K) -> NKConfig fields, from
+# ``benchmarks/kernels/gptq_kernel_bench.py --sweep`` (bf16, group 128). M: the row count tuned;
+# a call with M rows uses the entry of the smallest tuned M >= M with the same (N, K).
+TUNED: dict[tuple[int, int, int], dict] = {}
+PROGRAMS_PER_SM = 4  # heuristic: split K until the grid has this many programs per SM
+MIN_TILES_PER_SPLIT = 2
+MAX_SPLIT_K = 16
+
+
+def default_config(m: int, n: int, k: int, num_sms: int = 132) -> NKConfig:
+    """The configuration ``gptq_nk_gemm`` uses when none is given."""
+    tuned = [key for key in TUNED if key[1:] == (n, k) and key[0] >= m]
+    if tuned:
+        return NKConfig(**TUNED[min(tuned)])
+    if m <= GEMV_MAX_M:
+        cfg = NKConfig(block_n=64, block_k=128)
+        rows = m
+    else:
+        block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+        cfg = NKConfig(block_m=block_m, block_n=64 if m <= 16 else 128, block_k=128, num_stages=4)
+        rows = cfg.block_m
+    tiles = -(-m // rows) * -(-n // cfg.block_n)
+    k_tiles = -(-k // cfg.block_k)
+    want = PROGRAMS_PER_SM * num_sms
+    split = 1
+    while (
+        split * 2 <= MAX_SPLIT_K
+        and tiles * split < want
+        and k_tiles // (split * 2) >= MIN_TILES_PER_SPLIT
+    ):
+        split *= 2
+    return replace(cfg, split_k=split)
+
+
+def _fit_block_k(block_k: int, k: int, gs: int, min_k: int) -> tuple[int, bool]:
+    """(BLOCK_K, one group per tile): the largest BLOCK_K >= min_k, <= block_k, that divides the
+    group (any block_k when one group spans K); else block_k with a group per 32-channel chunk."""
+    if gs >= k:
+        return block_k, True
+    bk = block_k
+    while bk > min_k and gs % bk:
+        bk //= 2
+    return (bk, True) if gs % bk == 0 else (block_k, False)
+
+
+def gptq_nk_gemm(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    qzeros: torch.Tensor,
+    scales: torch.Tensor,
+    k: int,
+    group_size: int,
+    zero_offset: int,
+    config: NKConfig | None = None,
+) -> torch.Tensor:
+    """Fused ``x [M, K] @ W`` from ``repack_nk``'s layout; [M, N] in x's dtype. The FMA kernel for
+    M <= ``GEMV_MAX_M``, the ``tl.dot`` kernel above; ``config`` overrides the tiles."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be [M, K], got {tuple(x.shape)}")
+    n, gs = _check(x.shape[1], qweight, qzeros, scales, k, group_size)
+    m = x.shape[0]
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    if config is None:
+        config = default_config(m, n, k, _num_sms(x.device.index or 0) if x.is_cuda else 8)
+    gemv = m <= GEMV_MAX_M
+    block_k, one_group = _fit_block_k(config.block_k, k, gs, 32 if gemv else 8 * MIN_DOT)
+    if gemv and not one_group:
+        raise ValueError(f"block_k={config.block_k} cannot fit group {gs}")
+    if block_k % gptq_pack.CHUNK or (not gemv and min(config.block_m, config.block_n,
+                                                      block_k // 8) < MIN_DOT):  # fmt: skip
+        raise ValueError(f"tiles must be >= {MIN_DOT} (block_k: a multiple of 32): {config}")
+    k_tiles = triton.cdiv(k, block_k)
+    per_split = triton.cdiv(k_tiles, max(1, min(config.split_k, k_tiles)))
+    split = triton.cdiv(k_tiles, per_split)  # no empty splits
+    dest = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
+    args = (x, qweight, qzeros, scales, dest, n, k, qweight.shape[1], x.stride(0),
+            qweight.stride(0), qzeros.stride(0), scales.stride(0),
+            dest.stride(0) if split > 1 else 0, dest.stride(-2), gs, zero_offset, per_split)  # fmt: skip
+    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if gemv:
+        _nk_gemv_kernel[(triton.cdiv(n, config.block_n), split)](
+            *args, _EXPONENT[config.deq], ROWS=m, BLOCK_N=config.block_n, BLOCK_K=block_k, DEQ=_DEQ[config.deq],
+            PREFETCH=config.prefetch, **launch,
+        )  # fmt: skip
+    else:
+        grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), split)
+        _nk_dot_kernel[grid](
+            args[0], *args[1:5], m, *args[5:], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            BLOCK_K=block_k, ONE_GROUP=one_group,
+            MAGIC=_MAGIC.get(x.dtype, 0) if one_group else 0,
+            IEEE=x.dtype == torch.float32, **launch,
+        )  # fmt: skip
+    if split > 1:
+        from folovllm.model_executor.layers.quantization.gptq_triton import _split_k_sum_kernel
+
+        block = 1024
+        _split_k_sum_kernel[(triton.cdiv(m * n, block),)](
+            dest, out, m * n, SPLIT=split, BLOCK=block
+        )
+    return out
+
+
+def gptq_nk_dequantize(qweight, qzeros, scales, k: int, group_size: int, zero_offset: int,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:  # fmt: skip
+    """``W`` as [N, K] (``F.linear``'s weight) in ``dtype``, equal to ``gptq_pack.dequantize``."""
+    n, gs = _check(None, qweight, qzeros, scales, k, group_size)
+    w = torch.empty((n, k), dtype=dtype or scales.dtype, device=qweight.device)
+    block_n, block_k = 64, 128
+    if k and n:
+        _nk_dequantize_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
+            qweight, qzeros, scales, w, n, k, qweight.shape[1], qweight.stride(0),
+            qzeros.stride(0), scales.stride(0), w.stride(0), gs, zero_offset,
+            BLOCK_N=block_n, BLOCK_K=block_k,
+        )  # fmt: skip
+    return w
+
+
+def dequantize_nk_reference(qweight, qzeros, scales, k: int, group_size: int, zero_offset: int,
+                            dtype: torch.dtype | None = None) -> torch.Tensor:  # fmt: skip
+    """``W`` [K, N] in pure torch: unpack the layout, then the format's formula."""
+    _, gs = _check(None, qweight, qzeros, scales, k, group_size)
+    g_idx = gptq_pack.default_g_idx(k, gs, device=qweight.device)
+    q = gptq_pack.unpack_nk(qweight, k)
+    z = gptq_pack.unpack_cols(qzeros) + zero_offset
+    g = g_idx.long()
+    return (scales[g].float() * (q - z[g]).float()).to(dtype or scales.dtype)
+
+
+def gptq_nk_matmul(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    qzeros: torch.Tensor,
+    scales: torch.Tensor,
+    k: int,
+    group_size: int,
+    zero_offset: int,
+    *,
+    fused_max_m: int = FUSED_MAX_M,
+) -> torch.Tensor:
+    """``x [..., K] @ W`` -> [..., N]: the fused kernels for up to ``fused_max_m`` rows,
+    dequantize + cuBLAS above; the torch reference off CUDA (or without triton)."""
+    if not x.is_cuda or triton is None:
+        return x @ dequantize_nk_reference(qweight, qzeros, scales, k, group_size, zero_offset,
+                                           x.dtype)  # fmt: skip
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] <= fused_max_m:
+        y = gptq_nk_gemm(x2, qweight, qzeros, scales, k, group_size, zero_offset)
+    else:
+        w = gptq_nk_dequantize(qweight, qzeros, scales, k, group_size, zero_offset, x.dtype)
+        y = F.linear(x2, w)
+    return y.view(*x.shape[:-1], y.shape[-1])

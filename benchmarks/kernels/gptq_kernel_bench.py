@@ -17,10 +17,11 @@ the share of the device-to-device copy rate measured at the start of the same ru
 speed-up vs bf16.
 
 ``--sweep``: for every shape and M in --sweep-m, candidate gptq_nk configurations (GEMV for
-M <= 4, tl.dot above; tiles, warps, stages, nibble conversion, prefetch, then split-K around the
-best), each checked against the reference before it is timed. Prints the best per (shape, M) and
-writes it to the JSON as ``best`` and as ``tuned`` (the entries of gptq_nk.TUNED, keyed
-"M,N,K"). About 3-4 minutes on one H100 with a cold Triton cache.
+M <= 4, tl.dot above; tiles, warps, stages, nibble conversion, prefetch; then split-K around
+the best, its partial sums added by a second kernel or by the last program), each checked
+against the reference before it is timed. Prints the best per (shape, M) and writes it to the
+JSON as ``best`` and as ``tuned`` (the entries of gptq_nk.TUNED, keyed "M,N,K"). About 3-4
+minutes on one H100 with a cold Triton cache.
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ def candidates(nk, m: int, n: int, k: int, sms: int, dev: str) -> list:
         grid = [dict(block_n=bn, block_k=128, deq=d, prefetch=p, num_warps=w, num_stages=1)
                 for bn, d, p, w in itertools.product([64, 128, 256], ["mantissa", "exponent"],
                                                      [False, True], [4])]  # fmt: skip
-        grid += [dict(block_n=128, block_k=128, deq="mantissa", num_warps=w) for w in (2, 8)]
+        grid += [dict(block_n=32, block_k=128, deq="mantissa", num_stages=1)]
+        grid += [dict(block_n=256, block_k=128, deq="exponent", num_warps=8, num_stages=1)]
     else:
         bms = [16] if m <= 16 else [32] if m <= 32 else [64] if m <= 64 else [64, 128]
         grid = [dict(block_m=bm, block_n=bn, block_k=128, num_warps=w, num_stages=st)
@@ -280,8 +282,8 @@ def candidates(nk, m: int, n: int, k: int, sms: int, dev: str) -> list:
 
 def sweep(nk, name, k, n, m, gs, x, ref, sets, nbytes, t_bf16, time_us, rel_err, copy_rate,
           sms, dev):  # fmt: skip
-    """Time candidate configurations of gptq_nk_gemm, checked first; then split-K and stages
-    around the best."""
+    """Time candidate configurations of gptq_nk_gemm, checked first; then split-K (and how
+    its partial sums are added) around the best."""
     out = []
 
     def run(cfg):
@@ -312,8 +314,9 @@ def sweep(nk, name, k, n, m, gs, x, ref, sets, nbytes, t_bf16, time_us, rel_err,
     ok = [r for r in out if r["ok"]]
     if ok and dev == "cuda":
         b = nk.NKConfig(**min(ok, key=lambda r: r["us"])["config"])
-        more = [replace(b, split_k=s) for s in (1, 2, 4, 8, 16, 32)]
-        more += [replace(b, num_stages=s) for s in (1, 2, 3, 4)]
+        more = [replace(b, split_k=1)]
+        more += [replace(b, split_k=s, reduce=r) for s in (2, 4, 8, 16, 32)
+                 for r in ("kernel", "serial")]  # fmt: skip
         for cfg in more:
             if cfg not in seen:
                 seen.add(cfg)

@@ -9,6 +9,8 @@ bit for bit (on the CPU bf16 within one ulp: the interpreter truncates when it r
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -268,8 +270,9 @@ NK_CASES = [  # (K, N, group size, M, config): the GEMV (M <= 4) and tl.dot kern
     (256, 40, 64, 1, nk.NKConfig(block_n=16, block_k=64, split_k=3)),
     (72, 24, -1, 3, nk.NKConfig(block_n=16, block_k=64, deq="exponent", prefetch=True)),
     (128, 16, 32, 4, nk.NKConfig(block_n=16, block_k=128, deq="convert", split_k=2)),
-    (256, 72, 128, 2, nk.NKConfig(block_n=64, block_k=128, deq="exponent", split_k=2)),
-    (256, 40, 128, 17, nk.NKConfig(block_m=16, block_n=16, block_k=128, split_k=2)),
+    (256, 72, 128, 2, nk.NKConfig(block_n=64, deq="exponent", split_k=2, reduce="serial")),
+    (256, 40, 128, 17, nk.NKConfig(block_m=16, block_n=16, split_k=2, reduce="serial")),
+    (256, 24, 128, 16, nk.NKConfig(block_m=16, block_n=16, split_k=2)),
     (256, 40, 64, 5, nk.NKConfig(block_m=16, block_n=32, block_k=128)),  # a group per chunk
     (160, 24, -1, 16, nk.NKConfig(block_m=16, block_n=16, block_k=128)),  # K-tail inside a tile
 ]
@@ -364,10 +367,27 @@ def test_gpu_nk_every_variant():
 
 
 @pytest.mark.gpu
+def test_gpu_nk_serial_split_k_is_deterministic():
+    """The last-arriving program adds the partial sums: the same bits as the second kernel,
+    every time, and the arrival counters are left at zero."""
+    k, n = 12288, 4096
+    layer = make_nk_layer(k, n, 128, torch.bfloat16, seed=9)
+    for m, cfg in ((1, nk.NKConfig(block_n=64, split_k=16)), (3, nk.NKConfig(block_n=32, split_k=8)),
+                   (16, nk.NKConfig(block_m=16, block_n=64, split_k=8))):  # fmt: skip
+        x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
+        want = nk.gptq_nk_gemm(x, *layer, k, 128, 1, cfg)
+        serial = replace(cfg, reduce="serial")
+        for _ in range(20):
+            assert torch.equal(nk.gptq_nk_gemm(x, *layer, k, 128, 1, serial), want), m
+        assert not nk._counters(x.device).any()
+
+
+@pytest.mark.gpu
 def test_gpu_nk_cuda_graph_equals_eager():
     k, n = 2048, 1024
     layer = make_nk_layer(k, n, 128, torch.bfloat16, seed=6)
-    for m in (1, 4, 64, 65):  # GEMV, tl.dot, dequantize + cuBLAS
+    nk.TUNED[(4, n, k)] = dict(block_n=64, split_k=4, reduce="serial")  # M = 4 through it
+    for m in (1, 4, 64, 65):  # GEMV, GEMV with a serial split-K, tl.dot, dequantize + cuBLAS
         x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -382,3 +402,4 @@ def test_gpu_nk_cuda_graph_equals_eager():
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(y, nk.gptq_nk_matmul(x, *layer, k, 128, 1)), m
+    del nk.TUNED[(4, n, k)]

@@ -75,6 +75,9 @@ class NKConfig:
     num_stages: int = 3
     deq: str = "mantissa"  # GEMV: nibble -> float32 (see the module docstring)
     prefetch: bool = False  # GEMV: load the next tile's words before using this one's
+    # split-K partial sums added by "kernel": a second launch; "serial": the last program of
+    # each output tile to finish (an atomic arrival count), in the same fixed order
+    reduce: str = "kernel"
 
 
 if triton is not None:
@@ -129,12 +132,38 @@ if triton is not None:
         return acc + (dot - z * x_sum) * s
 
     @triton.jit
+    def _write(acc, out, part, mask, part_stride, pid_k, REDUCE: tl.constexpr):
+        """A program's result: the output (REDUCE 0), or its fp32 partial sum of split pid_k."""
+        if REDUCE == 0:
+            tl.store(out, acc.to(out.dtype.element_ty), mask=mask)
+        else:
+            tl.store(part + pid_k * part_stride, acc, mask=mask)
+
+    @triton.jit
+    def _arrive(cnt_ptr, tile, split):
+        """Count this split of a tile; True in the program that arrives last. Every thread's
+        partial-sum stores are issued before the count (barrier), made visible (release) and
+        seen by the last program (acquire)."""
+        tl.debug_barrier()
+        return tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") == split - 1
+
+    @triton.jit
+    def _sum_splits(out, part, mask, part_stride, split):
+        """out = the splits' partial sums added in order (bit-equal to _split_k_sum_kernel)."""
+        total = tl.load(part, mask=mask, other=0.0, cache_modifier=".cg")
+        for j in range(1, split):
+            total += tl.load(part + j * part_stride, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(out, total.to(out.dtype.element_ty), mask=mask)
+
+    @triton.jit
     def _nk_gemv_kernel(
         x_ptr,  # [ROWS, K], activation dtype
         qw_ptr,  # [N, KW] int32, repack_nk's layout
         qz_ptr,  # [G, N // 8] int32
         s_ptr,  # [G, N]
-        out_ptr,  # [ROWS, N], or [split_k, ROWS, N] float32 partial sums
+        out_ptr,  # [ROWS, N]
+        part_ptr,  # [split_k, ROWS, N] float32 partial sums (REDUCE > 0)
+        cnt_ptr,  # int32 arrival counters, one per output tile, left at 0 (REDUCE 2)
         N,
         K,
         KW,
@@ -142,7 +171,7 @@ if triton is not None:
         qw_stride,
         qz_stride,
         s_stride,
-        out_stride_split,
+        part_stride,
         out_stride_m,
         group_size,
         zero_offset,
@@ -153,7 +182,8 @@ if triton is not None:
         BLOCK_K: tl.constexpr,  # the host keeps each K-tile inside one group
         DEQ: tl.constexpr,
         PREFETCH: tl.constexpr,
-    ):
+        REDUCE: tl.constexpr,  # 0: no split; 1: partial sums, a second kernel adds; 2: the last
+    ):  # program of a tile adds them (no second launch)
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -203,15 +233,26 @@ if triton is not None:
                 acc2 = _gemv_group(acc2, p2, xs2, z, s, DEQ)
             if ROWS > 3:
                 acc3 = _gemv_group(acc3, p3, xs3, z, s, DEQ)
-        out = out_ptr + pid_k * out_stride_split + offs_n
-        dt = out_ptr.dtype.element_ty
-        tl.store(out, acc0.to(dt), mask=n_mask)
+        out = out_ptr + offs_n
+        part = part_ptr + offs_n  # row r: + r * N
+        _write(acc0, out, part, n_mask, part_stride, pid_k, REDUCE)
         if ROWS > 1:
-            tl.store(out + out_stride_m, acc1.to(dt), mask=n_mask)
+            _write(acc1, out + out_stride_m, part + N, n_mask, part_stride, pid_k, REDUCE)
         if ROWS > 2:
-            tl.store(out + 2 * out_stride_m, acc2.to(dt), mask=n_mask)
+            _write(acc2, out + 2 * out_stride_m, part + 2 * N, n_mask, part_stride, pid_k, REDUCE)
         if ROWS > 3:
-            tl.store(out + 3 * out_stride_m, acc3.to(dt), mask=n_mask)
+            _write(acc3, out + 3 * out_stride_m, part + 3 * N, n_mask, part_stride, pid_k, REDUCE)
+        if REDUCE == 2:
+            split = tl.num_programs(1)
+            if _arrive(cnt_ptr, pid_n, split):
+                _sum_splits(out, part, n_mask, part_stride, split)
+                if ROWS > 1:
+                    _sum_splits(out + out_stride_m, part + N, n_mask, part_stride, split)
+                if ROWS > 2:
+                    _sum_splits(out + 2 * out_stride_m, part + 2 * N, n_mask, part_stride, split)
+                if ROWS > 3:
+                    _sum_splits(out + 3 * out_stride_m, part + 3 * N, n_mask, part_stride, split)
+                tl.store(cnt_ptr + pid_n, 0)  # ready for the next launch
 
     @triton.jit
     def _dot_operand(q, dt: tl.constexpr, MAGIC: tl.constexpr):
@@ -236,7 +277,9 @@ if triton is not None:
         qw_ptr,  # [N, KW] int32
         qz_ptr,
         s_ptr,
-        out_ptr,
+        out_ptr,  # [M, N]
+        part_ptr,  # [split_k, M, N] float32 (REDUCE > 0)
+        cnt_ptr,  # (REDUCE 2)
         M,
         N,
         K,
@@ -245,7 +288,7 @@ if triton is not None:
         qw_stride,
         qz_stride,
         s_stride,
-        out_stride_split,
+        part_stride,
         out_stride_m,
         group_size,
         zero_offset,
@@ -256,6 +299,7 @@ if triton is not None:
         ONE_GROUP: tl.constexpr,  # every K-tile inside one group: zero and scale after the dot
         MAGIC: tl.constexpr,  # 0, or 128 (bf16) / 1024 (fp16), with ONE_GROUP only
         IEEE: tl.constexpr,  # float32 activations: exact dots (no TF32)
+        REDUCE: tl.constexpr,  # as in _nk_gemv_kernel
     ):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -306,13 +350,16 @@ if triton is not None:
                                 other=0.0)  # fmt: skip
                     b = ((((words >> (4 * i)) & 0xF) - z).to(tl.float32) * s.to(tl.float32)).to(dt)
                     acc = _dot(a, tl.trans(b), acc, IEEE)
-        out = (
-            out_ptr
-            + pid_k * out_stride_split
-            + offs_m[:, None].to(tl.int64) * out_stride_m
-            + offs_n[None, :]
-        )
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+        out = out_ptr + offs_m[:, None].to(tl.int64) * out_stride_m + offs_n[None, :]
+        part = part_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+        mask = m_mask[:, None] & n_mask[None, :]
+        _write(acc, out, part, mask, part_stride, pid_k, REDUCE)
+        if REDUCE == 2:
+            tile = pid_m * tl.num_programs(1) + pid_n
+            split = tl.num_programs(2)
+            if _arrive(cnt_ptr, tile, split):
+                _sum_splits(out, part, mask, part_stride, split)
+                tl.store(cnt_ptr + tile, 0)
 
     @triton.jit
     def _nk_dequantize_kernel(
@@ -383,6 +430,15 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+MAX_TILES = 1 << 14  # output tiles a "serial" split-K launch may have (counters per device)
+
+
+@functools.cache
+def _counters(device: torch.device) -> torch.Tensor:
+    """Split-K arrival counters: zero, and left at zero by every launch (graph-safe)."""
+    return torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
+
+
 # Measured best configurations, (M, N, K) -> NKConfig fields, from
 # ``benchmarks/kernels/gptq_kernel_bench.py --sweep`` (bf16, group 128). M: the row count tuned;
 # a call with M rows uses the entry of the smallest tuned M >= M with the same (N, K).
@@ -398,7 +454,7 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132) -> NKConfig:
     if tuned:
         return NKConfig(**TUNED[min(tuned)])
     if m <= GEMV_MAX_M:
-        cfg = NKConfig(block_n=64, block_k=128)
+        cfg = NKConfig(block_n=128, block_k=128, num_stages=1)  # no tl.dot: nothing to pipeline
         rows = m
     else:
         block_m = 16 if m <= 16 else 32 if m <= 32 else 64
@@ -461,30 +517,34 @@ def gptq_nk_gemm(
     k_tiles = triton.cdiv(k, block_k)
     per_split = triton.cdiv(k_tiles, max(1, min(config.split_k, k_tiles)))
     split = triton.cdiv(k_tiles, per_split)  # no empty splits
-    dest = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
-    args = (x, qweight, qzeros, scales, dest, n, k, qweight.shape[1], x.stride(0),
-            qweight.stride(0), qzeros.stride(0), scales.stride(0),
-            dest.stride(0) if split > 1 else 0, dest.stride(-2), gs, zero_offset, per_split)  # fmt: skip
+    rows = m if gemv else config.block_m
+    tiles = triton.cdiv(m, rows) * triton.cdiv(n, config.block_n)
+    reduce = 0 if split == 1 else 2 if config.reduce == "serial" and tiles <= MAX_TILES else 1
+    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
+    cnt = _counters(x.device) if reduce == 2 else out
+    args = (x, qweight, qzeros, scales, out, part, cnt, n, k, qweight.shape[1], x.stride(0),
+            qweight.stride(0), qzeros.stride(0), scales.stride(0), m * n, out.stride(0), gs,
+            zero_offset, per_split)  # fmt: skip
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     if gemv:
         _nk_gemv_kernel[(triton.cdiv(n, config.block_n), split)](
-            *args, _EXPONENT[config.deq], ROWS=m, BLOCK_N=config.block_n, BLOCK_K=block_k, DEQ=_DEQ[config.deq],
-            PREFETCH=config.prefetch, **launch,
+            *args, _EXPONENT[config.deq], ROWS=m, BLOCK_N=config.block_n, BLOCK_K=block_k,
+            DEQ=_DEQ[config.deq], PREFETCH=config.prefetch, REDUCE=reduce, **launch,
         )  # fmt: skip
     else:
         grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), split)
         _nk_dot_kernel[grid](
-            args[0], *args[1:5], m, *args[5:], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            *args[:7], m, *args[7:], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
             BLOCK_K=block_k, ONE_GROUP=one_group,
             MAGIC=_MAGIC.get(x.dtype, 0) if one_group else 0,
-            IEEE=x.dtype == torch.float32, **launch,
+            IEEE=x.dtype == torch.float32, REDUCE=reduce, **launch,
         )  # fmt: skip
-    if split > 1:
+    if reduce == 1:
         from folovllm.model_executor.layers.quantization.gptq_triton import _split_k_sum_kernel
 
         block = 1024
         _split_k_sum_kernel[(triton.cdiv(m * n, block),)](
-            dest, out, m * n, SPLIT=split, BLOCK=block
+            part, out, m * n, SPLIT=split, BLOCK=block
         )
     return out
 

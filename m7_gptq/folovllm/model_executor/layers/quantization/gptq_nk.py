@@ -1,42 +1,36 @@
-"""GPTQ 4-bit matmul over the repacked layout: ``y = x @ W`` with ``W`` read as 4-bit words.
+"""GPTQ 4-bit matmul over the repacked layout (``repack_nk``, diagram in utils/gptq_pack.py).
 
-The engine's kernels. At load time ``gptq.py`` turns the checkpoint's ``qweight`` [K/8, N] into
-``repack_nk``'s layout (utils/gptq_pack.py has the diagram): int32 [N, Kp/8], each output channel
-a contiguous run along K, each 16-byte chunk of 4 words holding 32 input channels so that nibble
-``i`` of word ``l`` is channel ``32c + 4i + l``. A tile [BLOCK_N, BLOCK_K/8] of words is loaded with
-16-byte vectors; ``(words >> 4i) & 0xF`` is then a whole tile of weights whose activations are
-4 adjacent values per chunk (one short vector load of x). ``qzeros`` and ``scales`` keep the
-format's layout; the zero of column n is ``stored + zero_offset`` (1 for "gptq", 0 for "gptq_v2").
+``qweight`` is int32 [N, Kp/8]: each output channel one contiguous run along K, each 16-byte chunk
+of 4 words holding 32 input channels, nibble ``i`` of word ``l`` = channel ``32c + 4i + l``. A
+[BLOCK_N, BLOCK_K/8] tile of words arrives in 16-byte vectors, and ``(words >> 4i) & 0xF`` is a
+whole tile of weights whose activations are 4 adjacent values per chunk. ``qzeros``/``scales``
+keep the format's layout; a column's zero is ``stored + zero_offset`` (1 "gptq", 0 "gptq_v2").
 
-Decode reads every weight once per step and does 2 flops per weight per row, so the work per byte
-decides the speed. Per group (a K-tile never straddles two), with ``s`` the scale and ``z`` the
-zero of each column::
+Decode reads each weight once and does 2 flops with it per row, so the instructions per weight
+decide the speed. A K-tile never straddles two groups, so with the column's scale s and zero z::
 
     sum_k x_k s (q_k - z) = s * (sum_k x_k q_k  -  z * sum_k x_k)
 
-so the loop body is only "nibble -> float, multiply-add with x": the zero and the scale are one
-FMA per column per group, after a reduction along K.
+and the loop body is "nibble -> float, multiply-add with x"; zero and scale cost one FMA per
+column per group, after a reduction along K.
 
-- ``_nk_gemv_kernel`` (M <= 4): CUDA-core FMAs, all rows in one program, so each word is read
-  once per step. Nibble -> float32 without an int -> float conversion (``deq``):
-  "mantissa": shift the nibble into the top mantissa bits of 1.0 (the float 1 + q/16; then
-  ``sum x q = 16 (sum x (1 + q/16) - sum x)``); "exponent": OR it, unshifted, into 2^23's mantissa
-  (the float 2^23 + q 16^e, exact) and subtract 2^23: one logic op and one add, with x pre-scaled
-  by 16^-e; "convert": the plain conversion.
-- ``_nk_dot_kernel`` (5 <= M <= 64): ``tl.dot`` on [BLOCK_M, BLOCK_K/8] x [BLOCK_K/8, BLOCK_N]
-  tiles, eight per K-tile (one per nibble plane). With one group per tile, a nibble becomes
-  bf16/fp16 by an OR into the exponent bits (bf16 0x4300 | q = 128 + q, fp16 0x6400 | q = 1024 + q)
-  and the zero (plus that 128 or 1024) and the scale come after the dot; small groups dequantize
-  each weight with its chunk's group.
-- Prefill (M > 64): ``_nk_dequantize_kernel`` writes ``W`` [N, K] in the activation dtype once,
-  then cuBLAS (``F.linear``).
+- ``_nk_gemv_kernel`` (M <= 4): CUDA-core FMAs, every row in one program (each word read once).
+  Nibble -> float32 without a conversion (``deq``): "mantissa" shifts it into the top mantissa bits
+  of 1.0 (the float 1 + q/16; ``sum x q = 16 (sum x (1 + q/16) - sum x)``); "exponent" ORs it,
+  unshifted, into 2^23's mantissa (2^23 + q 16^e, exact), subtracts 2^23 and pre-scales x by
+  16^-e; "convert" is the plain conversion.
+- ``_nk_dot_kernel`` (M <= 64): eight ``tl.dot`` per K-tile, one per nibble plane. With one group
+  per tile a nibble becomes bf16/fp16 by an OR into the exponent bits (0x4300 | q = 128 + q,
+  0x6400 | q = 1024 + q) and zero (+128 / +1024) and scale come after the dot; small groups
+  dequantize each weight with its chunk's group.
+- M > 64: ``_nk_dequantize_kernel`` writes ``W`` [N, K] once, then cuBLAS (``F.linear``).
 
-Split-K: when the output has too few tiles to fill the GPU, K is divided among programs that write
-fp32 partial sums, added by a second kernel in a fixed order (deterministic, unlike atomics).
-Every launch depends only on shapes, so everything is CUDA-graph capturable. ``default_config``
-reads ``TUNED`` (from ``benchmarks/kernels/gptq_kernel_bench.py --sweep``) and falls back to a
-heuristic. Off CUDA, ``gptq_nk_matmul`` runs a torch reference (the tests run the kernels in
-Triton's interpreter).
+Split-K, when the output has too few tiles to fill the GPU: programs write fp32 partial sums,
+added in a fixed order (deterministic, unlike atomic adds) by a second kernel or, with
+``reduce="serial"``, by the last program of each tile to arrive (an atomic count; no second
+launch). Launches depend only on shapes (CUDA-graph capturable). ``default_config`` reads
+``TUNED`` (``benchmarks/kernels/gptq_kernel_bench.py --sweep``), else a heuristic. Off CUDA
+``gptq_nk_matmul`` runs a torch reference; the tests run the kernels in Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -75,9 +69,7 @@ class NKConfig:
     num_stages: int = 3
     deq: str = "mantissa"  # GEMV: nibble -> float32 (see the module docstring)
     prefetch: bool = False  # GEMV: load the next tile's words before using this one's
-    # split-K partial sums added by "kernel": a second launch; "serial": the last program of
-    # each output tile to finish (an atomic arrival count), in the same fixed order
-    reduce: str = "kernel"
+    reduce: str = "kernel"  # who adds split-K's partial sums: "kernel" or "serial" (docstring)
 
 
 if triton is not None:

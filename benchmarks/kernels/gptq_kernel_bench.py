@@ -144,6 +144,14 @@ def main() -> None:
 
     gs_arg = args.group_size
     rows, sweep_rows, best = [], [], {}
+
+    def save() -> None:  # after every shape too: a run cut short keeps what it measured
+        tuned = {f"{b['M']},{b['N']},{b['K']}": b["config"] for b in best.values()}
+        write_json(args.out, {"benchmark": "gptq_kernel_bench", "device": device_info(),
+                              "triton": triton.__version__, "dtype": str(dtype),
+                              "copy_bytes_per_s": copy_rate, "rows": rows, "sweep": sweep_rows,
+                              "best": best, "tuned": tuned})  # fmt: skip
+
     l2 = args.l2_mb * 2**20
     for name, (k, n) in shapes.items():
         gs = gs_arg if gs_arg == -1 or gs_arg <= k else -1
@@ -204,6 +212,7 @@ def main() -> None:
         del sets, weights
         if dev == "cuda":
             torch.cuda.empty_cache()
+        save()
 
     by = {(r["shape"], r["M"], r["method"]): r for r in rows}
     ms_run = sorted({r["M"] for r in rows})
@@ -219,7 +228,6 @@ def main() -> None:
             line += f"{o['us']:8.2f} {o['speedup_vs_bf16']:6.2f}x " if o else " " * 17
             line += f"{d['us']:9.2f}  {g['rel_err']:.1e}" if g else ""
             print(line)
-    tuned = {}
     if best:
         print(f"\n{'shape':14} {'M':>3} {'default us':>10} {'best us':>8} {'share':>6} "
               f"{'vs bf16':>7} {'deq+mm':>8}  best configuration")  # fmt: skip
@@ -227,15 +235,11 @@ def main() -> None:
             print(f"{key.rsplit('_m', 1)[0]:14} {b['M']:3d} {b['default_us']:10.2f} {b['us']:8.2f} "
                   f"{b['share']:6.1%} {b['speedup_vs_bf16']:6.2f}x {b['dequant_us']:8.2f}  "
                   f"{b['config']}")  # fmt: skip
-            tuned[f"{b['M']},{b['N']},{b['K']}"] = b["config"]
         print("\ngptq_nk.TUNED entries (M, N, K) -> config:")
-        for key, cfg in tuned.items():
-            fields = {f: v for f, v in cfg.items() if v != getattr(nk.NKConfig(), f)}
-            print(f"    ({key.replace(',', ', ')}): {fields},")
-    write_json(args.out, {"benchmark": "gptq_kernel_bench", "device": device_info(),
-                          "triton": triton.__version__, "dtype": str(dtype),
-                          "copy_bytes_per_s": copy_rate, "rows": rows, "sweep": sweep_rows,
-                          "best": best, "tuned": tuned})  # fmt: skip
+        for b in best.values():
+            fields = {f: v for f, v in b["config"].items() if v != getattr(nk.NKConfig(), f)}
+            print(f"    ({b['M']}, {b['N']}, {b['K']}): {fields},")
+    save()
 
 
 def measure_copy_rate(torch, dev, time_us) -> float:
@@ -257,15 +261,13 @@ def candidates(nk, m: int, n: int, k: int, sms: int, dev: str) -> list:
         else:
             grid = [dict(block_m=16, block_n=32), dict(block_m=16, block_n=16, split_k=2)]
     elif m <= nk.GEMV_MAX_M:
-        grid = [dict(block_n=bn, block_k=128, deq=d, prefetch=p, num_warps=w, num_stages=1)
-                for bn, d, p, w in itertools.product([64, 128, 256], ["mantissa", "exponent"],
-                                                     [False, True], [4])]  # fmt: skip
-        grid += [dict(block_n=32, block_k=128, deq="mantissa", num_stages=1)]
-        grid += [dict(block_n=256, block_k=128, deq="exponent", num_warps=8, num_stages=1)]
+        grid = [dict(block_n=bn, block_k=128, deq=d, prefetch=p, num_warps=4, num_stages=1)
+                for bn, d, p in itertools.product([64, 128, 256], ["mantissa", "exponent"],
+                                                  [False, True])]  # fmt: skip
     else:
         bms = [16] if m <= 16 else [32] if m <= 32 else [64] if m <= 64 else [64, 128]
         grid = [dict(block_m=bm, block_n=bn, block_k=128, num_warps=w, num_stages=st)
-                for bm, bn, w, st in itertools.product(bms, [64, 128], [4, 8], [3, 4])]  # fmt: skip
+                for bm, bn, (w, st) in itertools.product(bms, [64, 128], [(4, 3), (4, 4), (8, 3)])]  # fmt: skip
     out = []
     for kw in grid:
         cfg = replace(nk.default_config(m, n, k, sms), **kw)

@@ -147,7 +147,10 @@ if triton is not None:
             total += tl.load(part + j * part_stride, mask=mask, other=0.0, cache_modifier=".cg")
         tl.store(out, total.to(out.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    # Runtime scalars whose values vary between calls: no value specialization (fewer compiles).
+    _VARYING = ["M", "group_size", "zero_offset", "tiles_per_split", "exponent"]
+
+    @triton.jit(do_not_specialize=_VARYING[1:])
     def _nk_gemv_kernel(
         x_ptr,  # [ROWS, K], activation dtype
         qw_ptr,  # [N, KW] int32, repack_nk's layout
@@ -263,7 +266,7 @@ if triton is not None:
         else:
             return tl.dot(a, b, acc)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_VARYING[:4])
     def _nk_dot_kernel(
         x_ptr,  # [M, K]
         qw_ptr,  # [N, KW] int32

@@ -8,7 +8,7 @@ Methods, all on the same random 4-bit weights (group 128):
   bf16_linear     ``F.linear`` on the dequantized bf16 weight (the baseline)
   gptq_nk         the engine's path (gptq_nk.py: repacked layout, GEMV / tl.dot / dequantize + cuBLAS)
   gptq_old        the format-layout kernels (gptq_triton.py ``gptq_matmul``), for comparison
-  dequant_matmul  gptq_nk's dequantize kernel, then cuBLAS (what M > FUSED_MAX_M runs)
+  dequant_matmul  gptq_nk's dequantize kernel, then cuBLAS (what larger M runs)
 ``--kernel`` picks which of gptq_nk / gptq_old run. Each is first checked against ``x @ W`` in
 float32, then timed as a CUDA graph of R launches over R different weight copies (R * bytes > 3x
 the L2 cache, so every launch reads its weight from HBM, as a decode step's layers do), per
@@ -146,7 +146,8 @@ def main() -> None:
     rows, sweep_rows, best = [], [], {}
 
     def save() -> None:  # after every shape too: a run cut short keeps what it measured
-        tuned = {f"{b['M']},{b['N']},{b['K']}": b["config"] for b in best.values()}
+        tuned = {f"{b['M']},{b['N']},{b['K']}": b["config"] for b in best.values()
+                 if b["M"] <= nk.FUSED_MAX_M or b["us"] < b["dequant_us"]}  # fmt: skip
         write_json(args.out, {"benchmark": "gptq_kernel_bench", "device": device_info(),
                               "triton": triton.__version__, "dtype": str(dtype),
                               "copy_bytes_per_s": copy_rate, "rows": rows, "sweep": sweep_rows,
@@ -237,6 +238,8 @@ def main() -> None:
                   f"{b['config']}")  # fmt: skip
         print("\ngptq_nk.TUNED entries (M, N, K) -> config:")
         for b in best.values():
+            if b["M"] > nk.FUSED_MAX_M and b["us"] >= b["dequant_us"]:
+                continue  # dequantize + cuBLAS is faster there: no entry
             fields = {f: v for f, v in b["config"].items() if v != getattr(nk.NKConfig(), f)}
             print(f"    ({b['M']}, {b['N']}, {b['K']}): {fields},")
     save()

@@ -133,9 +133,8 @@ if triton is not None:
 
     @triton.jit
     def _arrive(cnt_ptr, tile, split):
-        """Count this split of a tile; True in the program that arrives last. Every thread's
-        partial-sum stores are issued before the count (barrier), made visible (release) and
-        seen by the last program (acquire)."""
+        """Count this split of a tile; True in the last program to arrive. The barrier orders
+        every thread's partial sums before the count; release/acquire shows them to the last."""
         tl.debug_barrier()
         return tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") == split - 1
 
@@ -425,18 +424,17 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-MAX_TILES = 1 << 14  # output tiles a "serial" split-K launch may have (counters per device)
+MAX_TILES = 1 << 14  # "serial" split-K: an arrival counter per output tile, 0 between launches
 
 
 @functools.cache
 def _counters(device: torch.device) -> torch.Tensor:
-    """Split-K arrival counters: zero, and left at zero by every launch (graph-safe)."""
     return torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
 
 
-# Measured best configurations, (M, N, K) -> NKConfig fields, from
-# ``benchmarks/kernels/gptq_kernel_bench.py --sweep`` (bf16, group 128). M: the row count tuned;
-# a call with M rows uses the entry of the smallest tuned M >= M with the same (N, K).
+# (M, N, K) -> NKConfig fields, measured by ``gptq_kernel_bench.py --sweep`` (bf16, group 128); M
+# rows use the smallest tuned M >= M of their (N, K). An M > FUSED_MAX_M (kept where the fused
+# kernel beat dequantize + cuBLAS) extends the fused path to it.
 TUNED: dict[tuple[int, int, int], dict] = {}
 PROGRAMS_PER_SM = 4  # heuristic: split K until the grid has this many programs per SM
 MIN_TILES_PER_SPLIT = 2
@@ -581,13 +579,15 @@ def gptq_nk_matmul(
     *,
     fused_max_m: int = FUSED_MAX_M,
 ) -> torch.Tensor:
-    """``x [..., K] @ W`` -> [..., N]: the fused kernels for up to ``fused_max_m`` rows,
-    dequantize + cuBLAS above; the torch reference off CUDA (or without triton)."""
+    """``x [..., K] @ W`` -> [..., N]: the fused kernels for up to ``fused_max_m`` rows (or up to
+    the largest M that ``TUNED`` holds for this shape), dequantize + cuBLAS above; the torch
+    reference off CUDA (or without triton)."""
     if not x.is_cuda or triton is None:
         return x @ dequantize_nk_reference(qweight, qzeros, scales, k, group_size, zero_offset,
                                            x.dtype)  # fmt: skip
     x2 = x.reshape(-1, x.shape[-1])
-    if x2.shape[0] <= fused_max_m:
+    m, n = x2.shape[0], qweight.shape[0]
+    if m <= fused_max_m or any(key[1:] == (n, k) and key[0] >= m for key in TUNED):
         y = gptq_nk_gemm(x2, qweight, qzeros, scales, k, group_size, zero_offset)
     else:
         w = gptq_nk_dequantize(qweight, qzeros, scales, k, group_size, zero_offset, x.dtype)

@@ -1,15 +1,16 @@
 """GPTQ at run time: a 4-bit linear layer that reads the standard GPTQ checkpoint format.
 
 ``GPTQConfig`` validates the checkpoint's ``quantization_config``; ``GPTQLinearMethod`` gives a
-linear layer its packed parameters (utils/gptq_pack.py describes the layout), prepares them once
-after loading, and multiplies through ``gptq_matmul`` (gptq_triton.py: a fused Triton kernel for
-decode-sized batches on CUDA, dequantize + GEMM for large ones, a torch path on the CPU). The
-packed tensors are never cast to the model's dtype; scales stay float16 as stored.
+linear layer the checkpoint's packed parameters (utils/gptq_pack.py describes the format),
+repacks ``qweight`` once after loading into the kernels' layout (``repack_nk``: each output
+channel's 4-bit weights as one contiguous run along K, nibbles in the order the kernels consume
+them), and multiplies through ``gptq_nk_matmul`` (gptq_nk.py: Triton kernels on CUDA, a torch
+reference on the CPU). The file on disk never changes; scales stay float16 as stored.
 
 Act-order (``desc_act``) checkpoints quantize input channels in a permuted order, so a group's
-channels are scattered. At load time the rows of ``qweight`` are sorted by group once and the same
-permutation is applied to the activations (one gather per call); the kernel then always sees
-contiguous groups, as ExLlama's and vLLM's "shuffle" does.
+channels are scattered. The same repacking sorts the rows by group and the same permutation is
+applied to the activations (one gather per call); the kernels then always see contiguous groups,
+as ExLlama's and vLLM's "shuffle" does.
 
 m10: a row-parallel layer splits the input channels, so each rank's slice must hold whole groups
 (its scales and zeros are then its own); with one group (``group_size=-1``) every rank shares it.
@@ -30,7 +31,7 @@ from folovllm.model_executor.layers.quantization.utils.gptq_pack import (
     ZERO_OFFSET,
     default_g_idx,
     dequantize,
-    pack_rows,
+    repack_nk,
     unpack_rows,
 )
 
@@ -131,30 +132,30 @@ class GPTQLinearMethod:
         return local
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        """Sort act-order rows into contiguous groups (once); check what was loaded."""
+        """Repack ``qweight`` for the kernels (sorting act-order rows into groups); check g_idx."""
         k = layer.g_idx.shape[0]
         g_idx = layer.g_idx.data.long()
         groups = layer.scales.shape[0]
         if int(g_idx.min()) < 0 or int(g_idx.max()) >= groups:
             raise ValueError(f"g_idx of {layer.prefix} holds groups outside [0, {groups})")
         expected = default_g_idx(k, layer.group_size, g_idx.device).long()
-        if torch.equal(g_idx, expected):
-            return
-        perm = torch.argsort(g_idx, stable=True)
-        if torch.equal(g_idx[perm], expected):  # act-order: equal-sized groups, permuted
-            q = unpack_rows(layer.qweight.data)
-            layer.qweight.data = pack_rows(q[perm])
-            layer.perm = perm
-            return
-        # Irregular groups (not what GPTQ writes): keep the layer correct, not compressed.
-        logger.warning("%s: irregular g_idx, dequantized at load (no memory saving)", layer.prefix)
-        layer.dense_weight = dequantize(
-            layer.qweight.data, layer.qzeros.data, layer.scales.data, layer.g_idx.data,
-            self.config.zero_offset, torch.get_default_dtype(),
-        )  # fmt: skip
+        q = unpack_rows(layer.qweight.data)  # [K, N]
+        if not torch.equal(g_idx, expected):
+            perm = torch.argsort(g_idx, stable=True)
+            if not torch.equal(g_idx[perm], expected):
+                # Irregular groups (not what GPTQ writes): keep the layer correct, not compressed.
+                logger.warning("%s: irregular g_idx, dequantized at load (no memory saving)",
+                               layer.prefix)  # fmt: skip
+                layer.dense_weight = dequantize(
+                    layer.qweight.data, layer.qzeros.data, layer.scales.data, layer.g_idx.data,
+                    self.config.zero_offset, torch.get_default_dtype(),
+                )  # fmt: skip
+                return
+            q, layer.perm = q[perm], perm  # act-order: equal-sized groups, permuted
+        layer.qweight.data = repack_nk(q)  # int32 [N, K/8 rounded up to whole 16-byte chunks]
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        from folovllm.model_executor.layers.quantization.gptq_triton import gptq_matmul
+        from folovllm.model_executor.layers.quantization.gptq_nk import gptq_nk_matmul
 
         shape = x.shape
         x = x.reshape(-1, shape[-1])
@@ -163,9 +164,9 @@ class GPTQLinearMethod:
         else:
             if layer.perm is not None:
                 x = x[:, layer.perm]
-            out = gptq_matmul(
-                x, layer.qweight, layer.qzeros, layer.scales, layer.group_size,
-                self.config.zero_offset,
+            out = gptq_nk_matmul(
+                x, layer.qweight, layer.qzeros, layer.scales, layer.g_idx.shape[0],
+                layer.group_size, self.config.zero_offset,
             )  # fmt: skip
         if bias is not None:
             out = out + bias

@@ -27,8 +27,13 @@ def init_distributed_environment(
         raise RuntimeError(
             "a tensor-parallel engine already runs in this process: shut it down first"
         )
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    backend, kwargs = "gloo", {}
+    if device.type == "cuda":  # this rank's GPU: the current device, and NCCL's
+        device = torch.device(
+            "cuda", torch.cuda.current_device() if device.index is None else device.index
+        )
+        torch.cuda.set_device(device)
+        backend, kwargs = "nccl", {"device_id": device}
     dist.init_process_group(
         backend,
         init_method=init_method,

@@ -76,6 +76,7 @@ class MultiprocExecutor:
 
     def __init__(self, model_config: ModelConfig, runner_kwargs: dict, world_size: int) -> None:
         self.world_size, self.closed = world_size, False
+        self.num_threads = torch.get_num_threads()  # given back at shutdown
         self.sent: dict[str, int] = {}  # request id -> how many of its tokens the workers have
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         ctx = mp.get_context("spawn")  # a fresh interpreter: no CUDA state inherited by fork
@@ -93,6 +94,8 @@ class MultiprocExecutor:
             self.procs.append(proc)
             self.conns.append(conn)
         atexit.register(self.shutdown)
+        if model_config.device.type == "cpu":  # as each worker: a share of the cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         try:
             init_distributed_environment(world_size, 0, init_method, model_config.device, TIMEOUT_S)
             self.runner = ModelRunner(model_config, **runner_kwargs)
@@ -208,6 +211,7 @@ class MultiprocExecutor:
         for conn in self.conns:
             conn.close()
         destroy_distributed_environment()
+        torch.set_num_threads(self.num_threads)
         atexit.unregister(self.shutdown)
 
 

@@ -153,7 +153,9 @@ class ModelRunner:
                     self.max_model_len * self.kv_bytes_per_token,
                 )
             else:
-                budget = DEFAULT_CPU_KV_BYTES
+                # the CPU: room for max_num_seqs sequences of max_model_len, at most 2 GiB
+                seq_bytes = self.max_model_len * self.kv_bytes_per_token
+                budget = min(DEFAULT_CPU_KV_BYTES, self.max_num_seqs * seq_bytes)
             num_blocks = max(0, budget) // self.block_bytes
         if self.tp_size > 1:  # one block table for every rank: the fewest blocks any rank has
             count = torch.tensor([num_blocks], device=self.device)

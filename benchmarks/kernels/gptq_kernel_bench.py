@@ -267,15 +267,22 @@ def candidates(nk, m: int, n: int, k: int, sms: int, dev: str) -> list:
         grid = [dict(block_n=bn, block_k=128, deq=d, prefetch=p, num_warps=4, num_stages=1)
                 for bn, d, p in itertools.product([64, 128, 256], ["mantissa", "exponent"],
                                                   [False, True])]  # fmt: skip
+        grid += [
+            dict(block_n=256, block_k=128, deq=d, num_warps=8, num_stages=1)
+            for d in ("mantissa", "exponent")
+        ]  # fewer registers per thread for 4 rows
     else:
         bms = [16] if m <= 16 else [32] if m <= 32 else [64] if m <= 64 else [64, 128]
         grid = [dict(block_m=bm, block_n=bn, block_k=128, num_warps=w, num_stages=st)
                 for bm, bn, (w, st) in itertools.product(bms, [64, 128], [(4, 3), (4, 4), (8, 3)])]  # fmt: skip
+        if m <= 16:  # the GEMV in blocks of 4 rows (repeat reads of a tile's words hit L2)
+            grid += [dict(kernel="gemv", block_n=bn, block_k=128, deq=d, num_stages=1)
+                     for bn, d in itertools.product([64, 128], ["mantissa", "exponent"])]  # fmt: skip
     out = []
     for kw in grid:
         cfg = replace(nk.default_config(m, n, k, sms), **kw)
         if "split_k" not in kw:  # the heuristic's split for these tiles
-            rows = m if m <= nk.GEMV_MAX_M else cfg.block_m
+            rows = min(m, 4) if m <= nk.GEMV_MAX_M or cfg.kernel == "gemv" else cfg.block_m
             tiles = -(-m // rows) * -(-n // cfg.block_n)
             split = 1
             while split * 2 <= 16 and tiles * split < 4 * sms and k // 128 // (split * 2) >= 2:

@@ -271,6 +271,7 @@ NK_CASES = [  # (K, N, group size, M, config): the GEMV (M <= 4) and tl.dot kern
     (72, 24, -1, 3, nk.NKConfig(block_n=16, block_k=64, deq="exponent", prefetch=True)),
     (128, 16, 32, 4, nk.NKConfig(block_n=16, block_k=128, deq="convert", split_k=2)),
     (256, 72, 128, 2, nk.NKConfig(block_n=64, deq="exponent", split_k=2, reduce="serial")),
+    (256, 40, 64, 7, nk.NKConfig(block_n=16, split_k=2, reduce="serial", kernel="gemv")),
     (256, 40, 128, 17, nk.NKConfig(block_m=16, block_n=16, split_k=2, reduce="serial")),
     (256, 24, 128, 16, nk.NKConfig(block_m=16, block_n=16, split_k=2)),
     (256, 40, 64, 5, nk.NKConfig(block_m=16, block_n=32, block_k=128)),  # a group per chunk
@@ -349,8 +350,15 @@ def test_gpu_nk_every_variant():
     default configurations with other groups and dtypes (a group per chunk, fp16's 1024 + q)."""
     k, n = 4096, 6144
     cases = [(m, nk.NKConfig(**cfg)) for (m, nn, kk), cfg in nk.TUNED.items() if (nn, kk) == (n, k)]
-    cases += [(m, nk.NKConfig(block_n=bn, deq=d, prefetch=p, split_k=4))
-              for m in (1, 4) for bn in (64, 256) for d in nk._DEQ for p in (False, True)]  # fmt: skip
+    cases += [
+        (m, nk.NKConfig(block_n=bn, deq=d, prefetch=p, split_k=4, num_stages=1))
+        for m in (1, 4)
+        for bn in (64, 256)
+        for d in nk._DEQ
+        for p in (False, True)
+    ]
+    cases += [(m, nk.NKConfig(block_n=128, split_k=4, reduce="serial", kernel="gemv", num_stages=1))
+              for m in (5, 8, 16)]  # fmt: skip
     cases += [(m, nk.NKConfig(block_m=bm, block_n=128, split_k=2, num_warps=w))
               for m, bm, w in ((16, 16, 4), (64, 64, 8), (256, 128, 8))]  # fmt: skip
     layer = make_nk_layer(k, n, 128, torch.bfloat16, seed=7)

@@ -14,7 +14,8 @@ decide the speed. A K-tile never straddles two groups, so with the column's scal
 and the loop body is "nibble -> float, multiply-add with x"; zero and scale cost one FMA per
 column per group, after a reduction along K.
 
-- ``_nk_gemv_kernel`` (M <= 4): CUDA-core FMAs, every row in one program (each word read once).
+- ``_nk_gemv_kernel`` (M <= 4, or blocks of 4 rows with ``kernel="gemv"``): CUDA-core FMAs, the
+  rows in one program (each word read once).
   Nibble -> float32 without a conversion (``deq``): "mantissa" shifts it into the top mantissa bits
   of 1.0 (the float 1 + q/16; ``sum x q = 16 (sum x (1 + q/16) - sum x)``); "exponent" ORs it,
   unshifted, into 2^23's mantissa (2^23 + q 16^e, exact), subtracts 2^23 and pre-scales x by
@@ -70,6 +71,7 @@ class NKConfig:
     deq: str = "mantissa"  # GEMV: nibble -> float32 (see the module docstring)
     prefetch: bool = False  # GEMV: load the next tile's words before using this one's
     reduce: str = "kernel"  # who adds split-K's partial sums: "kernel" or "serial" (docstring)
+    kernel: str = "auto"  # "gemv" also above GEMV_MAX_M rows (blocks of 4 rows), else "auto"
 
 
 if triton is not None:
@@ -149,15 +151,16 @@ if triton is not None:
     # Runtime scalars whose values vary between calls: no value specialization (fewer compiles).
     _VARYING = ["M", "group_size", "zero_offset", "tiles_per_split", "exponent"]
 
-    @triton.jit(do_not_specialize=_VARYING[1:])
+    @triton.jit(do_not_specialize=_VARYING)
     def _nk_gemv_kernel(
-        x_ptr,  # [ROWS, K], activation dtype
+        x_ptr,  # [M, K], activation dtype
         qw_ptr,  # [N, KW] int32, repack_nk's layout
         qz_ptr,  # [G, N // 8] int32
         s_ptr,  # [G, N]
-        out_ptr,  # [ROWS, N]
-        part_ptr,  # [split_k, ROWS, N] float32 partial sums (REDUCE > 0)
+        out_ptr,  # [M, N]
+        part_ptr,  # [split_k, M, N] float32 partial sums (REDUCE > 0)
         cnt_ptr,  # int32 arrival counters, one per output tile, left at 0 (REDUCE 2)
+        M,
         N,
         K,
         KW,
@@ -171,15 +174,21 @@ if triton is not None:
         zero_offset,
         tiles_per_split,
         exponent,  # 0x3F800000 (DEQ 0) or 0x4B000000 (DEQ 1), see _plane
-        ROWS: tl.constexpr,  # M (1..4): every row in this program, each word read once
+        ROWS: tl.constexpr,  # rows per program (1..4): each word read once for all of them
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,  # the host keeps each K-tile inside one group
         DEQ: tl.constexpr,
         PREFETCH: tl.constexpr,
         REDUCE: tl.constexpr,  # 0: no split; 1: partial sums, a second kernel adds; 2: the last
     ):  # program of a tile adds them (no second launch)
-        pid_n = tl.program_id(0)
-        pid_k = tl.program_id(1)
+        pid_r = tl.program_id(0)  # M > ROWS: blocks of rows next to each other (the repeat reads
+        pid_n = tl.program_id(1)  # of a tile's words hit L2)
+        pid_k = tl.program_id(2)
+        row0 = pid_r * ROWS
+        x_ptr += row0.to(tl.int64) * x_stride
+        out_ptr += row0.to(tl.int64) * out_stride_m
+        part_ptr += row0.to(tl.int64) * N
+        ok1, ok2, ok3 = row0 + 1 < M, row0 + 2 < M, row0 + 3 < M
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
         z_shift = (offs_n % 8) * 4
@@ -215,11 +224,11 @@ if triton is not None:
                 cm = ch < K
                 p0, xs0 = _gemv_row(x_ptr, ch, cm, q, p0, xs0, i, DEQ)
                 if ROWS > 1:
-                    p1, xs1 = _gemv_row(x_ptr + x_stride, ch, cm, q, p1, xs1, i, DEQ)
+                    p1, xs1 = _gemv_row(x_ptr + x_stride, ch, cm & ok1, q, p1, xs1, i, DEQ)
                 if ROWS > 2:
-                    p2, xs2 = _gemv_row(x_ptr + 2 * x_stride, ch, cm, q, p2, xs2, i, DEQ)
+                    p2, xs2 = _gemv_row(x_ptr + 2 * x_stride, ch, cm & ok2, q, p2, xs2, i, DEQ)
                 if ROWS > 3:
-                    p3, xs3 = _gemv_row(x_ptr + 3 * x_stride, ch, cm, q, p3, xs3, i, DEQ)
+                    p3, xs3 = _gemv_row(x_ptr + 3 * x_stride, ch, cm & ok3, q, p3, xs3, i, DEQ)
             acc0 = _gemv_group(acc0, p0, xs0, z, s, DEQ)
             if ROWS > 1:
                 acc1 = _gemv_group(acc1, p1, xs1, z, s, DEQ)
@@ -229,24 +238,26 @@ if triton is not None:
                 acc3 = _gemv_group(acc3, p3, xs3, z, s, DEQ)
         out = out_ptr + offs_n
         part = part_ptr + offs_n  # row r: + r * N
+        m1, m2, m3 = n_mask & ok1, n_mask & ok2, n_mask & ok3
         _write(acc0, out, part, n_mask, part_stride, pid_k, REDUCE)
         if ROWS > 1:
-            _write(acc1, out + out_stride_m, part + N, n_mask, part_stride, pid_k, REDUCE)
+            _write(acc1, out + out_stride_m, part + N, m1, part_stride, pid_k, REDUCE)
         if ROWS > 2:
-            _write(acc2, out + 2 * out_stride_m, part + 2 * N, n_mask, part_stride, pid_k, REDUCE)
+            _write(acc2, out + 2 * out_stride_m, part + 2 * N, m2, part_stride, pid_k, REDUCE)
         if ROWS > 3:
-            _write(acc3, out + 3 * out_stride_m, part + 3 * N, n_mask, part_stride, pid_k, REDUCE)
+            _write(acc3, out + 3 * out_stride_m, part + 3 * N, m3, part_stride, pid_k, REDUCE)
         if REDUCE == 2:
-            split = tl.num_programs(1)
-            if _arrive(cnt_ptr, pid_n, split):
+            tile = pid_r * tl.num_programs(1) + pid_n
+            split = tl.num_programs(2)
+            if _arrive(cnt_ptr, tile, split):
                 _sum_splits(out, part, n_mask, part_stride, split)
                 if ROWS > 1:
-                    _sum_splits(out + out_stride_m, part + N, n_mask, part_stride, split)
+                    _sum_splits(out + out_stride_m, part + N, m1, part_stride, split)
                 if ROWS > 2:
-                    _sum_splits(out + 2 * out_stride_m, part + 2 * N, n_mask, part_stride, split)
+                    _sum_splits(out + 2 * out_stride_m, part + 2 * N, m2, part_stride, split)
                 if ROWS > 3:
-                    _sum_splits(out + 3 * out_stride_m, part + 3 * N, n_mask, part_stride, split)
-                tl.store(cnt_ptr + pid_n, 0)  # ready for the next launch
+                    _sum_splits(out + 3 * out_stride_m, part + 3 * N, m3, part_stride, split)
+                tl.store(cnt_ptr + tile, 0)  # ready for the next launch
 
     @triton.jit
     def _dot_operand(q, dt: tl.constexpr, MAGIC: tl.constexpr):
@@ -500,7 +511,7 @@ def gptq_nk_gemm(
         return out
     if config is None:
         config = default_config(m, n, k, _num_sms(x.device.index or 0) if x.is_cuda else 8)
-    gemv = m <= GEMV_MAX_M
+    gemv = m <= GEMV_MAX_M or config.kernel == "gemv"
     block_k, one_group = _fit_block_k(config.block_k, k, gs, 32 if gemv else 8 * MIN_DOT)
     if gemv and not one_group:
         raise ValueError(f"block_k={config.block_k} cannot fit group {gs}")
@@ -510,7 +521,7 @@ def gptq_nk_gemm(
     k_tiles = triton.cdiv(k, block_k)
     per_split = triton.cdiv(k_tiles, max(1, min(config.split_k, k_tiles)))
     split = triton.cdiv(k_tiles, per_split)  # no empty splits
-    rows = m if gemv else config.block_m
+    rows = min(m, GEMV_MAX_M) if gemv else config.block_m
     tiles = triton.cdiv(m, rows) * triton.cdiv(n, config.block_n)
     reduce = 0 if split == 1 else 2 if config.reduce == "serial" and tiles <= MAX_TILES else 1
     part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
@@ -520,8 +531,8 @@ def gptq_nk_gemm(
             zero_offset, per_split)  # fmt: skip
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     if gemv:
-        _nk_gemv_kernel[(triton.cdiv(n, config.block_n), split)](
-            *args, _EXPONENT[config.deq], ROWS=m, BLOCK_N=config.block_n, BLOCK_K=block_k,
+        _nk_gemv_kernel[(triton.cdiv(m, rows), triton.cdiv(n, config.block_n), split)](
+            *args[:7], m, *args[7:], _EXPONENT[config.deq], ROWS=rows, BLOCK_N=config.block_n, BLOCK_K=block_k,
             DEQ=_DEQ[config.deq], PREFETCH=config.prefetch, REDUCE=reduce, **launch,
         )  # fmt: skip
     else:

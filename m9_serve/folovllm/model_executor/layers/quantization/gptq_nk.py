@@ -18,8 +18,8 @@ column per group, after a reduction along K.
   rows in one program (each word read once).
   Nibble -> float32 without a conversion (``deq``): "mantissa" shifts it into the top mantissa bits
   of 1.0 (the float 1 + q/16; ``sum x q = 16 (sum x (1 + q/16) - sum x)``); "exponent" ORs it,
-  unshifted, into 2^23's mantissa (2^23 + q 16^e, exact), subtracts 2^23 and pre-scales x by
-  16^-e; "convert" is the plain conversion.
+  unshifted, into 2^23's mantissa (2^23 + q 16^e, exact) and one exact FMA (times 16^-e, minus
+  2^23 16^-e) leaves q; "convert" is the plain conversion.
 - ``_nk_dot_kernel`` (M <= 64): eight ``tl.dot`` per K-tile, one per nibble plane. With one group
   per tile a nibble becomes bf16/fp16 by an OR into the exponent bits (0x4300 | q = 128 + q,
   0x6400 | q = 1024 + q) and zero (+128 / +1024) and scale come after the dot; small groups
@@ -78,21 +78,22 @@ if triton is not None:
 
     @triton.jit
     def _plane(words, i: tl.constexpr, DEQ: tl.constexpr, exponent):
-        """Nibble plane i of a tile of words as float32: DEQ 0 -> 1 + q/16, 1 -> q * 16^e
-        (e = i for i <= 4, else i - 3), 2 -> q. ``exponent`` (the bits of 1.0 or of 2^23) comes
-        in as an argument: in a register, AND and OR fuse into one 3-input logic op (LOP3)."""
+        """Nibble plane i of a tile of words as float32: DEQ 0 -> 1 + q/16, 1 and 2 -> q.
+        ``exponent`` (the bits of 1.0 or of 2^23) comes in as an argument: in a register, AND
+        and OR fuse into one 3-input logic op (LOP3)."""
         if DEQ == 0:
             if i <= 4:
                 b = (words << (19 - 4 * i)) & 0x00780000
             else:
                 b = (words >> (4 * i - 19)) & 0x00780000
             return (b | exponent).to(tl.float32, bitcast=True)
-        elif DEQ == 1:
+        elif DEQ == 1:  # 2^23 + q 16^e, times 16^-e, minus 2^23 16^-e: one exact FMA
             if i <= 4:
-                b = words & (0xF << (4 * i))
+                f = (words & (0xF << (4 * i)) | exponent).to(tl.float32, bitcast=True)
+                return tl.fma(f, 1.0 / (1 << (4 * i)), -8388608.0 / (1 << (4 * i)))
             else:
-                b = (words >> 12) & (0xF << (4 * i - 12))
-            return (b | exponent).to(tl.float32, bitcast=True) - 8388608.0
+                f = ((words >> 12) & (0xF << (4 * i - 12)) | exponent).to(tl.float32, bitcast=True)
+                return tl.fma(f, 1.0 / (1 << (4 * i - 12)), -8388608.0 / (1 << (4 * i - 12)))
         else:
             return ((words >> (4 * i)) & 0xF).to(tl.float32)
 
@@ -103,18 +104,12 @@ if triton is not None:
         return tl.load(qw_rows + wd[None, :], mask=mask, other=0, eviction_policy="evict_first")
 
     @triton.jit
-    def _gemv_row(x_row, ch, cm, q, p, xs, PLANE: tl.constexpr, DEQ: tl.constexpr):
-        """One row's products with nibble plane PLANE; DEQ 1's planes hold q * 16^e: x * 16^-e."""
+    def _gemv_row(x_row, ch, cm, q, p, xs, PLANE: tl.constexpr):
+        """One row's products with nibble plane PLANE, and its x sum."""
         xv = tl.load(x_row + ch, mask=cm, other=0.0).to(tl.float32)
-        xq = xv
-        if DEQ == 1:
-            if PLANE <= 4:
-                xq = xv * (1.0 / (1 << (4 * PLANE)))
-            else:
-                xq = xv * (1.0 / (1 << (4 * PLANE - 12)))
         if PLANE == 0:  # start the sums in the layout of x's slice (no cross-warp reductions)
-            return q * xq[None, :], xv
-        return p + q * xq[None, :], xs + xv
+            return q * xv[None, :], xv
+        return p + q * xv[None, :], xs + xv
 
     @triton.jit
     def _gemv_group(acc, p, xs, z, s, DEQ: tl.constexpr):
@@ -222,13 +217,13 @@ if triton is not None:
                 q = _plane(words, i, DEQ, exponent)
                 ch = k0 + ch0 + 4 * i
                 cm = ch < K
-                p0, xs0 = _gemv_row(x_ptr, ch, cm, q, p0, xs0, i, DEQ)
+                p0, xs0 = _gemv_row(x_ptr, ch, cm, q, p0, xs0, i)
                 if ROWS > 1:
-                    p1, xs1 = _gemv_row(x_ptr + x_stride, ch, cm & ok1, q, p1, xs1, i, DEQ)
+                    p1, xs1 = _gemv_row(x_ptr + x_stride, ch, cm & ok1, q, p1, xs1, i)
                 if ROWS > 2:
-                    p2, xs2 = _gemv_row(x_ptr + 2 * x_stride, ch, cm & ok2, q, p2, xs2, i, DEQ)
+                    p2, xs2 = _gemv_row(x_ptr + 2 * x_stride, ch, cm & ok2, q, p2, xs2, i)
                 if ROWS > 3:
-                    p3, xs3 = _gemv_row(x_ptr + 3 * x_stride, ch, cm & ok3, q, p3, xs3, i, DEQ)
+                    p3, xs3 = _gemv_row(x_ptr + 3 * x_stride, ch, cm & ok3, q, p3, xs3, i)
             acc0 = _gemv_group(acc0, p0, xs0, z, s, DEQ)
             if ROWS > 1:
                 acc1 = _gemv_group(acc1, p1, xs1, z, s, DEQ)

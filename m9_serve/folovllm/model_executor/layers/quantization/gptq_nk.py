@@ -326,14 +326,17 @@ if triton is not None:
                 z = ((zw >> z_shift) & 0xF) + (zero_offset + MAGIC)
                 s = tl.load(s_ptr + g * s_stride + offs_n, mask=n_mask, other=0.0)
                 xq = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-                x_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+                kk = k0 + tl.arange(0, BLOCK_K)  # the tile's x, summed once (one reduction)
+                xt = tl.load(
+                    x_rows + kk[None, :], mask=m_mask[:, None] & (kk < K)[None, :], other=0.0
+                )
+                x_sum = tl.sum(xt.to(tl.float32), axis=1)
                 for i in tl.static_range(8):
                     ch = k0 + ch0 + 4 * i
                     a = tl.load(x_rows + ch[None, :], mask=m_mask[:, None] & (ch < K)[None, :],
                                 other=0.0)  # fmt: skip
                     b = _dot_operand((words >> (4 * i)) & 0xF, dt, MAGIC)
                     xq = _dot(a, tl.trans(b), xq, IEEE)
-                    x_sum += tl.sum(a.to(tl.float32), axis=1)
                 xz = x_sum[:, None] * z.to(tl.float32)[None, :]
                 acc += (xq - xz) * s.to(tl.float32)[None, :]
             else:

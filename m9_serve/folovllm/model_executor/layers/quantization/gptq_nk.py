@@ -379,6 +379,7 @@ if triton is not None:
         w_stride,
         group_size,
         zero_offset,
+        exponent,  # 2^23's bits: nibbles to floats as in _plane (no int -> float conversion)
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
@@ -393,12 +394,12 @@ if triton is not None:
         g = (k0 + (w // 4) * 32) // group_size
         kn = n_mask[:, None] & (k0 // 8 + w < KW)[None, :]
         zw = tl.load(qz_ptr + g[None, :] * qz_stride + (offs_n // 8)[:, None], mask=kn, other=0)
-        z = ((zw >> ((offs_n % 8) * 4)[:, None]) & 0xF) + zero_offset
+        z = (((zw >> ((offs_n % 8) * 4)[:, None]) & 0xF) + zero_offset).to(tl.float32)
         s = tl.load(s_ptr + g[None, :] * s_stride + offs_n[:, None], mask=kn, other=0.0)
         w_rows = w_ptr + offs_n[:, None].to(tl.int64) * w_stride
         for i in tl.static_range(8):
             ch = k0 + ch0 + 4 * i
-            v = (((words >> (4 * i)) & 0xF) - z).to(tl.float32) * s.to(tl.float32)
+            v = (_plane(words, i, 1, exponent) - z) * s.to(tl.float32)  # (q - z) s, exact q - z
             tl.store(w_rows + ch[None, :], v.to(w_ptr.dtype.element_ty),
                      mask=n_mask[:, None] & (ch < K)[None, :])  # fmt: skip
 
@@ -560,7 +561,7 @@ def gptq_nk_dequantize(qweight, qzeros, scales, k: int, group_size: int, zero_of
     if k and n:
         _nk_dequantize_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
             qweight, qzeros, scales, w, n, k, qweight.shape[1], qweight.stride(0),
-            qzeros.stride(0), scales.stride(0), w.stride(0), gs, zero_offset,
+            qzeros.stride(0), scales.stride(0), w.stride(0), gs, zero_offset, _EXPONENT["exponent"],
             BLOCK_N=block_n, BLOCK_K=block_k,
         )  # fmt: skip
     return w

@@ -13,8 +13,8 @@ Methods, all on the same random 4-bit weights (group 128):
 float32, then timed as a CUDA graph of R launches over R different weight copies (R * bytes > 3x
 the L2 cache, so every launch reads its weight from HBM, as a decode step's layers do), per
 launch. Reported: microseconds, weight bytes / time (GPTQ: K*N/2 + scales + zeros; bf16: 2*K*N),
-the share of the device-to-device copy rate measured at the start of the same run, and the
-speed-up vs bf16.
+the share of the device-to-device copy rate measured at the start of the same run (and of the
+H100 reference 3.02e12 B/s, ``share_of_3_02``), and the speed-up vs bf16.
 
 ``--sweep``: for every shape and M in --sweep-m, candidate gptq_nk configurations (GEMV for
 M <= 4, tl.dot above; tiles, warps, stages, nibble conversion, prefetch; then split-K around
@@ -36,7 +36,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
-from _common import device_info, import_engine, write_json  # noqa: E402
+from _common import H100_COPY_BYTES_PER_S, device_info, import_engine, write_json  # noqa: E402
 
 SHAPES = {  # name -> (K, N) of y = x @ W, W [K, N] (weight [N, K])
     "8b.qkv": (4096, 6144),
@@ -195,8 +195,9 @@ def main() -> None:
                     if method == "gptq_nk" and m <= nk.FUSED_MAX_M:
                         cfg = asdict(nk.default_config(m, n, k, sms))
                 rows.append(dict(base, method=method, us=us, gb_per_s=b / us / 1e3,
-                                 share=b / us / 1e-6 / copy_rate, speedup_vs_bf16=t_bf16 / us,
-                                 rel_err=err, config=cfg))  # fmt: skip
+                                 share=b / us / 1e-6 / copy_rate,
+                                 share_of_3_02=b / us / 1e-6 / H100_COPY_BYTES_PER_S,
+                                 speedup_vs_bf16=t_bf16 / us, rel_err=err, config=cfg))  # fmt: skip
             if args.sweep and m in sweep_m:
                 found = sweep(nk, name, k, n, m, gs, x, ref, new_sets, nbytes, t_bf16, time_us,
                               rel_err, copy_rate, sms, dev)  # fmt: skip

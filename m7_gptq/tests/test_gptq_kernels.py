@@ -391,10 +391,10 @@ def test_gpu_nk_serial_split_k_is_deterministic():
 
 
 @pytest.mark.gpu
-def test_gpu_nk_cuda_graph_equals_eager():
+def test_gpu_nk_cuda_graph_equals_eager(monkeypatch):
     k, n = 2048, 1024
     layer = make_nk_layer(k, n, 128, torch.bfloat16, seed=6)
-    nk.TUNED[(4, n, k)] = dict(block_n=64, split_k=4, reduce="serial")  # M = 4 through it
+    monkeypatch.setitem(nk.TUNED, (4, n, k), dict(block_n=64, split_k=4, reduce="serial"))
     for m in (1, 4, 64, 65):  # GEMV, GEMV with a serial split-K, tl.dot, dequantize + cuBLAS
         x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
         stream = torch.cuda.Stream()
@@ -410,4 +410,3 @@ def test_gpu_nk_cuda_graph_equals_eager():
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(y, nk.gptq_nk_matmul(x, *layer, k, 128, 1)), m
-    del nk.TUNED[(4, n, k)]

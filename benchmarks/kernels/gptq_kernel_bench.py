@@ -205,7 +205,7 @@ def main() -> None:
                 ok = [r for r in found if r["ok"]]
                 if ok:
                     b = min(ok, key=lambda r: r["us"])
-                    best[f"{name}_m{m}"] = dict(K=k, N=n, M=m, config=b["config"], us=b["us"],
+                    best[f"{name.replace('.', '_')}_m{m}"] = dict(shape=name, K=k, N=n, M=m, config=b["config"], us=b["us"],
                                                 share=b["share"], speedup_vs_bf16=b["speedup_vs_bf16"],
                                                 default_us=next(r["us"] for r in rows if r["shape"] == name
                                                                 and r["M"] == m and r["method"] == "gptq_nk"),
@@ -233,8 +233,8 @@ def main() -> None:
     if best:
         print(f"\n{'shape':14} {'M':>3} {'default us':>10} {'best us':>8} {'share':>6} "
               f"{'vs bf16':>7} {'deq+mm':>8}  best configuration")  # fmt: skip
-        for key, b in best.items():
-            print(f"{key.rsplit('_m', 1)[0]:14} {b['M']:3d} {b['default_us']:10.2f} {b['us']:8.2f} "
+        for b in best.values():
+            print(f"{b['shape']:14} {b['M']:3d} {b['default_us']:10.2f} {b['us']:8.2f} "
                   f"{b['share']:6.1%} {b['speedup_vs_bf16']:6.2f}x {b['dequant_us']:8.2f}  "
                   f"{b['config']}")  # fmt: skip
         print("\ngptq_nk.TUNED entries (M, N, K) -> config:")

@@ -107,6 +107,9 @@ def extras(key: str, out: Path, card: str, bw: float) -> list[tuple[str, list[st
                 run("prefill_step_decode_graphs", *eager, "decode", floor_ok=False),
                 run("prefill_step_full_graphs", *eager, "full", floor_ok=False),
                 run("step_profile", *prof, floor_ok=False)]  # fmt: skip
+    if key == "m7":  # the nk kernels end to end (the headline runs the default, format)
+        cmd = [PY, f"{mdir(key)}/bench.py", "--out-dir", str(out / "nk"), *floor]
+        return [("nk_bench", ["env:FOLOVLLM_GPTQ_KERNEL=nk", *cmd], ".")]
     if key == "m8":
         off = ("--async-scheduling", "off")
         return [run("async_off_latency", *lat, *off),
@@ -168,7 +171,8 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--skip-checks", action="store_true")
     ap.add_argument("--skip-benches", action="store_true")
-    ap.add_argument("--extras", action="store_true", help="also the one-knob-off runs (m4, m8)")
+    ap.add_argument("--extras", action="store_true", help="also the one-knob-off runs (m4, m7, m8)")
+    ap.add_argument("--only", default="", help="comma-separated step names: run just these")
     ap.add_argument("--list", action="store_true", help="print the steps, run nothing")
     args = ap.parse_args()
     if args.list:
@@ -186,6 +190,8 @@ def main() -> int:
         steps = [] if args.skip_checks else gpu_tests(key)
         steps += [] if args.skip_benches else benches(key, out, card, bw)
         steps += extras(key, out, card, bw) if args.extras else []
+        if args.only:
+            steps = [s for s in steps if s[0] in args.only.split(",")]
         record = {"milestone": mdir(key), "card": card, "device": device,
                   "copy_bytes_per_s": bw, "steps": []}  # fmt: skip
         if not args.list:

@@ -151,6 +151,31 @@ def test_gptq_checkpoint_matches_dequantized_reference(dense, tmp_path, kind, gr
     assert ours == [hf_greedy(ref, p) for p in PROMPTS]
 
 
+def test_both_kernel_layouts_give_the_same_tokens(dense, tmp_path, monkeypatch):
+    """FOLOVLLM_GPTQ_KERNEL: "format" keeps qweight [K/8, N] (rows sorted for act-order), "nk"
+    repacks it to [N, K/8]; the same tokens either way. Anything else is refused."""
+    ckpt = write_gptq_checkpoint(dense["qwen3"], tmp_path / "q", 32, False, True)
+    tokens, shapes = {}, {}
+    for layout in ("format", "nk"):
+        monkeypatch.setenv("FOLOVLLM_GPTQ_KERNEL", layout)
+        engine = LLMEngine(EngineConfig(model=str(ckpt), device="cpu", dtype="float32"))
+        layer = engine.runner.model.model.layers[0].mlp.down_proj
+        shapes[layout] = tuple(layer.qweight.shape)
+        params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+        ids = [engine.add_request(p, params) for p in PROMPTS]
+        outs = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                outs[out.request_id] = out.token_ids
+        tokens[layout] = [outs[i] for i in ids]
+    k, n = layer.input_size, layer.output_size
+    assert shapes == {"format": (k // 8, n), "nk": (n, -(-k // 32) * 4)}
+    assert tokens["format"] == tokens["nk"]
+    monkeypatch.setenv("FOLOVLLM_GPTQ_KERNEL", "marlin")
+    with pytest.raises(ValueError, match="FOLOVLLM_GPTQ_KERNEL must be one of"):
+        LLMEngine(EngineConfig(model=str(ckpt), device="cpu", dtype="float32"))
+
+
 def test_quantized_differs_from_dense(dense, tmp_path):
     """The test above can fail: the quantized model's logits are not the dense model's."""
     ckpt = write_gptq_checkpoint(dense["qwen3"], tmp_path / "q", 128, True, False)
@@ -234,10 +259,13 @@ def test_requested_quantization_must_match_the_checkpoint(dense):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["format", "nk"])
 @pytest.mark.parametrize("desc_act", [False, True])
-def test_gptq_on_the_gpu_with_graphs_matches_the_reference(dense, tmp_path, desc_act):
+def test_gptq_on_the_gpu_with_graphs_matches_the_reference(dense, tmp_path, desc_act, kernel,
+                                                           monkeypatch):  # fmt: skip
     """CUDA: the Triton GPTQ kernels inside decode and mixed-step CUDA graphs, and eagerly, give
     the float32 dequantized reference's greedy tokens (float32 model: IEEE dots)."""
+    monkeypatch.setenv("FOLOVLLM_GPTQ_KERNEL", kernel)
     ckpt = write_gptq_checkpoint(dense["qwen3"], tmp_path / "q", 32, False, desc_act)
     want = [hf_greedy(dequantized_hf_model(ckpt, "gptq"), p) for p in PROMPTS]
     for opts in ({}, {"enforce_eager": True}):

@@ -2,13 +2,15 @@
 
 ``GPTQConfig`` validates the checkpoint's ``quantization_config``; ``GPTQLinearMethod`` gives a
 linear layer the checkpoint's packed parameters (utils/gptq_pack.py describes the format),
-repacks ``qweight`` once after loading into the kernels' layout (``repack_nk``: each output
+prepares them once after loading and multiplies through one of two kernel families, chosen by
+``FOLOVLLM_GPTQ_KERNEL``: ``format`` (the default; gptq_triton.py, over the checkpoint's own
+layout) or ``nk`` (gptq_nk.py, over the layout ``repack_nk`` makes at load time: each output
 channel's 4-bit weights as one contiguous run along K, nibbles in the order the kernels consume
-them), and multiplies through ``gptq_nk_matmul`` (gptq_nk.py: Triton kernels on CUDA, a torch
-reference on the CPU). The file on disk never changes; scales stay float16 as stored.
+them). Both run a torch reference on the CPU. The file on disk never changes; scales stay float16
+as stored.
 
 Act-order (``desc_act``) checkpoints quantize input channels in a permuted order, so a group's
-channels are scattered. The same repacking sorts the rows by group and the same permutation is
+channels are scattered. At load time the rows are sorted by group once and the same permutation is
 applied to the activations (one gather per call); the kernels then always see contiguous groups,
 as ExLlama's and vLLM's "shuffle" does.
 """
@@ -16,6 +18,7 @@ as ExLlama's and vLLM's "shuffle" does.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,7 @@ from folovllm.model_executor.layers.quantization.utils.gptq_pack import (
     ZERO_OFFSET,
     default_g_idx,
     dequantize,
+    pack_rows,
     repack_nk,
     unpack_rows,
 )
@@ -83,11 +87,24 @@ class GPTQConfig:
         return GPTQLinearMethod(self)
 
 
+KERNELS = ("format", "nk")
+
+
+def kernel_layout() -> str:
+    """The kernels ``FOLOVLLM_GPTQ_KERNEL`` picks: ``format`` (gptq_triton.py, over the checkpoint's
+    own layout; the default) or ``nk`` (gptq_nk.py, over the layout ``repack_nk`` makes at load)."""
+    layout = os.environ.get("FOLOVLLM_GPTQ_KERNEL", "format")
+    if layout not in KERNELS:
+        raise ValueError(f"FOLOVLLM_GPTQ_KERNEL must be one of {KERNELS}, got {layout!r}")
+    return layout
+
+
 class GPTQLinearMethod:
     """Creates, prepares and applies the packed parameters of one (possibly merged) linear."""
 
     def __init__(self, config: GPTQConfig) -> None:
         self.config = config
+        self.layout = kernel_layout()
 
     def create_weights(self, layer: nn.Module, input_size: int, output_size: int) -> None:
         if input_size % PACK or output_size % PACK:
@@ -114,14 +131,14 @@ class GPTQLinearMethod:
         layer.dense_weight = None  # set only when g_idx cannot be made contiguous
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        """Repack ``qweight`` for the kernels (sorting act-order rows into groups); check g_idx."""
+        """Sort act-order rows into groups and, for ``nk``, repack ``qweight``; check g_idx."""
         k = layer.g_idx.shape[0]
         g_idx = layer.g_idx.data.long()
         groups = layer.scales.shape[0]
         if int(g_idx.min()) < 0 or int(g_idx.max()) >= groups:
             raise ValueError(f"g_idx of {layer.prefix} holds groups outside [0, {groups})")
         expected = default_g_idx(k, layer.group_size, g_idx.device).long()
-        q = unpack_rows(layer.qweight.data)  # [K, N]
+        perm = None
         if not torch.equal(g_idx, expected):
             perm = torch.argsort(g_idx, stable=True)
             if not torch.equal(g_idx[perm], expected):
@@ -133,23 +150,31 @@ class GPTQLinearMethod:
                     self.config.zero_offset, torch.get_default_dtype(),
                 )  # fmt: skip
                 return
-            q, layer.perm = q[perm], perm  # act-order: equal-sized groups, permuted
-        layer.qweight.data = repack_nk(q)  # int32 [N, K/8 rounded up to whole 16-byte chunks]
+            layer.perm = perm  # act-order: equal-sized groups, permuted
+        if self.layout == "nk" or perm is not None:
+            q = unpack_rows(layer.qweight.data)  # [K, N]
+            q = q if perm is None else q[perm]
+            # nk: int32 [N, K/8 rounded up to whole 16-byte chunks]; format: [K/8, N], rows sorted
+            layer.qweight.data = repack_nk(q) if self.layout == "nk" else pack_rows(q)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         from folovllm.model_executor.layers.quantization.gptq_nk import gptq_nk_matmul
+        from folovllm.model_executor.layers.quantization.gptq_triton import gptq_matmul
 
         shape = x.shape
         x = x.reshape(-1, shape[-1])
+        if layer.perm is not None:
+            x = x[:, layer.perm]
         if layer.dense_weight is not None:
             out = x @ layer.dense_weight.to(x.dtype)
-        else:
-            if layer.perm is not None:
-                x = x[:, layer.perm]
+        elif self.layout == "nk":
             out = gptq_nk_matmul(
                 x, layer.qweight, layer.qzeros, layer.scales, layer.g_idx.shape[0],
                 layer.group_size, self.config.zero_offset,
             )  # fmt: skip
+        else:
+            out = gptq_matmul(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size,
+                              self.config.zero_offset)  # fmt: skip
         if bias is not None:
             out = out + bias
         return out.reshape(*shape[:-1], out.shape[-1])

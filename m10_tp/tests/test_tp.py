@@ -99,13 +99,16 @@ def test_qwen3_tp2_equals_tp1_with_async_scheduling(qwen3):
     assert not multiprocessing.active_children()
 
 
-def test_llm_context_manager_and_tp1_spawns_nothing(qwen2):
+def test_llm_context_manager_one_engine_per_process_and_tp1_spawns_nothing(qwen2):
     prompts, params = PROMPTS[:2], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     one = LLM(str(qwen2), **ENGINE)
     assert isinstance(one.engine.runner, ModelRunner) and not multiprocessing.active_children()
     expected = [o.token_ids for o in one.generate(prompts, params, use_tqdm=False)]
     with LLM(str(qwen2), tensor_parallel_size=2, **ENGINE) as llm:
         assert len(multiprocessing.active_children()) == 1
+        with pytest.raises(RuntimeError, match="already runs in this process"):
+            LLM(str(qwen2), tensor_parallel_size=2, **ENGINE)  # one group per process
+        assert len(multiprocessing.active_children()) == 1  # nothing spawned, nothing torn down
         assert [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == expected
     assert not multiprocessing.active_children()  # joined on leaving the block
 

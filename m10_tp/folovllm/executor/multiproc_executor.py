@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import multiprocessing as mp
 import os
 import pickle
 import socket
@@ -26,11 +25,13 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 
 import torch
+import torch.multiprocessing as mp
 
 from folovllm.config import ModelConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.distributed.parallel_state import (
     destroy_distributed_environment,
+    get_tp_group,
     init_distributed_environment,
 )
 from folovllm.request import Request
@@ -75,7 +76,11 @@ class MultiprocExecutor:
     """Rank 0's runner plus the worker processes; runs steps with a ModelRunner's interface."""
 
     def __init__(self, model_config: ModelConfig, runner_kwargs: dict, world_size: int) -> None:
-        self.world_size, self.closed = world_size, False
+        if get_tp_group() is not None:  # one process group per process
+            raise RuntimeError(
+                "a tensor-parallel engine already runs in this process: shut it down first"
+            )
+        self.world_size, self.closed, self.joined = world_size, False, False
         self.num_threads = torch.get_num_threads()  # given back at shutdown
         self.sent: dict[str, int] = {}  # request id -> how many of its tokens the workers have
         init_method = f"tcp://127.0.0.1:{_free_port()}"
@@ -98,6 +103,7 @@ class MultiprocExecutor:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         try:
             init_distributed_environment(world_size, 0, init_method, model_config.device, TIMEOUT_S)
+            self.joined = True
             self.runner = ModelRunner(model_config, **runner_kwargs)
             for rank, conn in enumerate(self.conns, 1):  # each worker built its runner too
                 msg = conn.recv() if conn.poll(TIMEOUT_S) else ("error", f"silent {TIMEOUT_S} s")
@@ -129,6 +135,7 @@ class MultiprocExecutor:
             return self.runner.execute_model_async(so)
         except Exception as exc:
             failure = self._failure(exc)
+            self.shutdown(join_timeout_s=1.0)  # the ranks may be out of step: no more steps
             if failure is exc:
                 raise
             raise failure from exc
@@ -193,8 +200,8 @@ class MultiprocExecutor:
 
             _abort_process_group()
 
-    def shutdown(self) -> None:
-        """Stop every worker and join it (at most ~10 s each); idempotent."""
+    def shutdown(self, join_timeout_s: float = 10.0) -> None:
+        """Stop every worker and join it (killed after ``join_timeout_s``); idempotent."""
         if self.closed:
             return
         self.closed = True
@@ -204,13 +211,14 @@ class MultiprocExecutor:
             except OSError:
                 pass  # that worker is gone already
         for p in self.procs:
-            p.join(timeout=10.0)
+            p.join(timeout=join_timeout_s)
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5.0)
         for conn in self.conns:
             conn.close()
-        destroy_distributed_environment()
+        if self.joined:
+            destroy_distributed_environment()
         torch.set_num_threads(self.num_threads)
         atexit.unregister(self.shutdown)
 

@@ -57,28 +57,39 @@ def test_triton_backend_with_preemption(tiny_qwen3):
 @pytest.mark.parametrize(
     "name,device,block_size,flash,want",
     [
-        ("auto", "cpu", 16, False, "torch"),
-        ("auto", "cuda", 16, False, "triton"),
-        ("auto", "cuda", 256, True, "flash"),
-        ("auto", "cuda", 16, True, "triton"),  # flash-attn's paged path needs 256-token blocks
-        ("flash", "cuda", 16, False, "triton"),  # not installed: our kernels, and the log says so
-        ("torch", "cuda", 16, True, "torch"),
+        ("auto", "cpu", 16, None, "torch"),
+        ("auto", "cuda", 16, None, "triton"),
+        ("auto", "cuda", 256, 2, "flash"),
+        ("auto", "cuda", 16, 2, "triton"),  # flash-attn 2's paged path needs 256-token blocks
+        ("auto", "cuda", 16, 4, "flash+triton"),  # flash-attn 4: prefill/mixed; Triton: decode
+        ("auto", "cuda", 24, 4, "triton"),  # flash-attn 4 wants blocks of a multiple of 16
+        ("flash", "cuda", 16, 4, "flash"),
+        ("flash", "cuda", 16, None, "triton"),  # not installed: our kernels, and the log says so
+        ("torch", "cuda", 16, 4, "torch"),
     ],
 )
 def test_backend_resolution(monkeypatch, name, device, block_size, flash, want):
     import folovllm.attention.backends as backends
 
-    monkeypatch.setattr(backends, "flash_attn_available", lambda: flash)
+    monkeypatch.setattr(backends, "flash_attn_version", lambda: flash)
     monkeypatch.setattr(backends, "triton_available", lambda device_type: True)
-    assert resolve_backend_name(name, device, block_size)[0] == want
+    assert resolve_backend_name(name, device, block_size, 128, torch.bfloat16)[0] == want
 
 
 def test_backend_errors_name_the_field(monkeypatch):
     import folovllm.attention.backends as backends
 
-    monkeypatch.setattr(backends, "flash_attn_available", lambda: True)
+    monkeypatch.setattr(backends, "flash_attn_version", lambda: 2)
     with pytest.raises(ValueError, match="block_size to be a multiple of 256"):
         resolve_backend_name("flash", "cuda", 16)
+    monkeypatch.setattr(backends, "flash_attn_version", lambda: 4)
+    for args, field in [
+        ((24, 128, torch.bfloat16), "block_size must be a multiple of 16, got 24"),
+        ((16, 512, torch.bfloat16), "head_dim must be a multiple of 8 in 8..256, got 512"),
+        ((16, 128, torch.float32), "dtype must be float16 or bfloat16, got torch.float32"),
+    ]:
+        with pytest.raises(ValueError, match=f"uses flash-attn 4, which needs {field}"):
+            resolve_backend_name("flash", "cuda", *args)
     monkeypatch.setattr(backends, "triton_available", lambda device_type: False)
     with pytest.raises(ValueError, match="attention_backend='triton' needs"):
         resolve_backend_name("triton", "cpu", 16)
@@ -86,19 +97,71 @@ def test_backend_errors_name_the_field(monkeypatch):
         EngineConfig(attention_backend="xformers")
 
 
-def test_only_checked_backends_replay_mixed_step_graphs():
-    from folovllm.attention.backends.flash_attn import FlashAttentionBackend
+def test_only_checked_backends_replay_cuda_graphs():
+    from folovllm.attention.backends.flash_attn import FlashAttentionBackend, FlashTritonBackend
     from folovllm.attention.backends.torch_attn import TorchAttentionBackend
     from folovllm.attention.backends.triton_attn import TritonAttentionBackend
 
     assert TritonAttentionBackend.supports_full_cuda_graphs
-    assert FlashAttentionBackend.supports_cuda_graphs
-    assert not FlashAttentionBackend.supports_full_cuda_graphs  # not checked on length-0 padding
+    assert not FlashAttentionBackend.supports_cuda_graphs  # flash-attn 4 compiles per shape (JIT)
+    assert FlashTritonBackend.supports_cuda_graphs  # its decode steps are Triton's
+    assert not FlashTritonBackend.supports_full_cuda_graphs
     assert not TorchAttentionBackend.supports_cuda_graphs
 
 
+def _fa4_stand_in(calls: list):
+    """flash-attn 4's ``flash_attn.cute.flash_attn_varlen_func`` signature (4.0.0b40), computing
+    the answer with torch from the paged cache, with FA4's own checks on what it is given."""
+
+    def flash_attn_varlen_func(q, k, v, qv=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                               max_seqlen_q=None, max_seqlen_k=None, min_seqlen_k=None,
+                               seqused_q=None, seqused_k=None, gather_kv_indices=None,
+                               page_table=None, softmax_scale=None, causal=False,
+                               return_lse=False, **rest):  # fmt: skip
+        assert cu_seqlens_k is None and page_table.dtype == torch.int32 and causal
+        assert cu_seqlens_q.dtype == seqused_k.dtype == torch.int32
+        assert seqused_k.shape == (page_table.shape[0],) == (cu_seqlens_q.numel() - 1,)
+        calls.append(max_seqlen_q)
+        out, qsl, group = torch.zeros_like(q), cu_seqlens_q.tolist(), q.shape[1] // k.shape[2]
+        for i, n in enumerate(seqused_k.tolist()):
+            qi = q[qsl[i] : qsl[i + 1]]
+            if n == 0 or len(qi) == 0:
+                continue
+            kk, vv = (c[page_table[i].long()].flatten(0, 1)[:n].repeat_interleave(group, 1)
+                      for c in (k, v))  # fmt: skip
+            s = torch.einsum("qhd,khd->hqk", qi, kk) * softmax_scale
+            pos = torch.arange(n - len(qi), n)[:, None]  # bottom-right causal
+            s = s.masked_fill(torch.arange(n)[None, :] > pos, float("-inf"))
+            out[qsl[i] : qsl[i + 1]] = torch.einsum("hqk,khd->qhd", s.softmax(-1), vv)
+        return out, None
+
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_varlen_func = flash_attn_varlen_func
+    return cute
+
+
+@pytest.mark.parametrize("backend", ["flash", "flash+triton"])
+def test_flash_attn_4_stand_in_gives_the_torch_tokens(tiny_qwen3, monkeypatch, backend):
+    """The flash backend's plumbing into flash-attn 4 end to end (fp32, CPU): page_table,
+    seqused_k, cu_seqlens_q, scale and causal reach a stand-in that attends from the paged cache.
+    ``flash+triton`` (auto with flash-attn 4) sends only prefill/mixed steps to flash-attn 4."""
+    import folovllm.attention.backends as backends
+
+    pytest.importorskip("triton")
+    calls = []
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", _fa4_stand_in(calls))
+    monkeypatch.setattr(backends, "resolve_backend_name", lambda *a, **k: (backend, "stand-in"))
+    tokens = generate(tiny_qwen3, attention_backend="flash")
+    assert generate.last_engine.runner.attn_backend.get_name() == backend
+    monkeypatch.undo()
+    assert tokens == generate(tiny_qwen3, attention_backend="torch")
+    decode_calls = [n for n in calls if n == 1]
+    assert calls and (decode_calls if backend == "flash" else not decode_calls)
+
+
 def test_flash_backend_calls_flash_attn_with_the_paged_cache(monkeypatch):
-    """Our plumbing into flash-attn (not installed here): a stand-in module with flash-attn's
+    """Our plumbing into flash-attn 2 (not installed here): a stand-in module with flash-attn's
     signature computes the answer with the torch reference, so a wrong argument fails."""
     from folovllm.attention.backends.flash_attn import FlashAttentionBackend
     from folovllm.attention.backends.triton_attn import TritonAttentionMetadata

@@ -162,3 +162,40 @@ def test_pdl_same_tokens_bf16(tiny_model, monkeypatch):
         monkeypatch.delenv("FOLOVLLM_PDL")
         triton_utils._pdl_device.cache_clear()
     assert on == off
+
+
+@pytest.mark.parametrize(
+    "q_lens,ctx_lens",
+    [
+        ([1024], [0]),  # prefill
+        ([1] * 64, list(range(100, 100 + 64 * 30, 30))),  # decode
+        ([300, 1, 1, 77], [0, 2000, 17, 500]),  # mixed
+        ([40, 200], [512, 1000]),  # prompts after a cached prefix
+    ],
+)
+def test_flash_attn_4_bf16(q_lens, ctx_lens):
+    """flash-attn 4 (if installed) over our paged cache as the flash backend calls it."""
+    pytest.importorskip("flash_attn.cute")
+    from folovllm.attention.backends.flash_attn import fa4_attention
+    from folovllm.attention.backends.triton_attn import TritonAttentionMetadata
+
+    b = _batch(q_lens, ctx_lens)
+    md = TritonAttentionMetadata(b["query_start_loc"], b["seq_lens"], b["block_table"], None,
+                                 len(q_lens), sum(q_lens), max(q_lens))  # fmt: skip
+    out = fa4_attention(b["q"], b["k_cache"], b["v_cache"], md, D**-0.5)
+    torch.testing.assert_close(out.float().cpu(), _ref(b), atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["flash", "auto"])
+def test_flash_attn_4_engine_bf16(tiny_model, backend):
+    """The engine on flash-attn 4 (``flash``: every step; ``auto``: prefill/mixed, decode on
+    Triton) against the Triton backend in bf16: tokens may differ only after a near-tie."""
+    pytest.importorskip("flash_attn.cute")
+    ref, _ = _tokens(tiny_model, "bfloat16", attention_backend="triton")
+    got, engine = _tokens(tiny_model, "bfloat16", attention_backend=backend)
+    want = {"flash": "flash", "auto": "flash+triton"}[backend]
+    assert engine.runner.attn_backend.get_name() == want
+    agree = sum(a == b for x, y in zip(ref, got) for a, b in zip(x, y))
+    total = sum(len(x) for x in ref)
+    print(f"bf16 {backend} (flash-attn 4) vs triton: {agree}/{total} tokens agree")
+    assert agree / total >= 0.9

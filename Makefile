@@ -2,7 +2,8 @@
 PYTHON      ?= python3
 VENV        := .venv
 VPY         := $(abspath $(VENV))/bin/python
-# The CPU build of torch by default; on a CUDA machine: make setup TORCH_SPEC=torch
+# The CPU build of torch by default; on a CUDA machine: make setup TORCH_SPEC=torch. --no-compile:
+# Python writes the bytecode of what is imported when it is first imported, not of every file up front
 TORCH_SPEC  ?= torch==2.13.0
 STAMP       := $(VENV)/.installed
 # Every m<number>_<name> directory, by number (m10 after m9, not after m1).
@@ -22,8 +23,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(VPY) -m pip install -q --disable-pip-version-check -e ".[dev,docs,serve]"
+	$(VPY) -m pip install -q --disable-pip-version-check --no-compile "$(TORCH_SPEC)"
+	$(VPY) -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,docs,serve]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

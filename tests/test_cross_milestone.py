@@ -52,12 +52,12 @@ RUNS = (
 SCRIPT = """
 import json, sys
 from folovllm import LLM, SamplingParams, MILESTONE
-prompts, max_tokens = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+prompts, max_tokens = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in max_tokens]
 results = []
-for options in json.loads(sys.argv[4]):  # one engine per option set, one import for all
+for model, options in json.loads(sys.argv[3]):  # one engine per job, one import for all
     passes = options.pop("_passes", 1)
-    llm = LLM(model=sys.argv[1], device="cpu", dtype="float32", **options)
+    llm = LLM(model=model, device="cpu", dtype="float32", **options)
     for _ in range(passes):
         outs = llm.generate(prompts, params, use_tqdm=False)
     results.append({"milestone": MILESTONE, "tokens": [o.token_ids for o in outs],
@@ -76,12 +76,12 @@ def _make_checkpoint():
     return mod.make_checkpoint
 
 
-def run_milestone(milestone: str, model: Path, options: list[dict]) -> list[dict]:
-    """Every option set of ``options`` on ``milestone``, in one process (imports dominate)."""
+def run_milestone(milestone: str, jobs: list[tuple[str, dict]]) -> list[dict]:
+    """Every (model, options) job on ``milestone``, in one process (imports dominate)."""
     # One torch thread each: the runs go side by side, one per core (a tiny model gains nothing
     # from intra-op threads, and the processes are mostly import time).
     env = dict(os.environ, PYTHONPATH=str(ROOT / milestone), OMP_NUM_THREADS="1")
-    args = [str(model), json.dumps(PROMPTS), json.dumps(MAX_TOKENS), json.dumps(options)]
+    args = [json.dumps(PROMPTS), json.dumps(MAX_TOKENS), json.dumps(jobs)]
     res = subprocess.run(
         [sys.executable, "-c", SCRIPT, *args],
         capture_output=True,
@@ -91,7 +91,7 @@ def run_milestone(milestone: str, model: Path, options: list[dict]) -> list[dict
     )
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert [o["milestone"] for o in out] == [milestone] * len(options)
+    assert [o["milestone"] for o in out] == [milestone] * len(jobs)
     return out
 
 
@@ -106,23 +106,37 @@ def hf_margin(model: Path, ids: list[int]) -> float:
     return float(top2[0] - top2[1])
 
 
-@pytest.mark.skipif(len(MILESTONES) < 2, reason="needs two milestones that generate")
-@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
-def test_all_milestones_agree(tmp_path, kind):
-    model = _make_checkpoint()(tmp_path / kind, kind)
+KINDS = ["qwen2", "qwen3"]
 
-    def name(m: str, kw: dict) -> str:
-        return m + "".join(f" {k}={v}" for k, v in kw.items())
 
+def name(m: str, kw: dict) -> str:
+    return m + "".join(f" {k}={v}" for k, v in kw.items())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[Path, dict[str, dict]]]:
+    """Each kind's model and, by run name, what every milestone generated: one process per
+    milestone for both kinds, the processes side by side."""
+    models = {k: _make_checkpoint()(tmp_path_factory.mktemp(k), k) for k in KINDS}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         futures = {
-            m: pool.submit(run_milestone, m, model, [kw for n, kw in RUNS if n == m])
+            m: pool.submit(
+                run_milestone, m, [(str(models[k]), kw) for k in KINDS for n, kw in RUNS if n == m]
+            )
             for m in reversed(MILESTONES)  # the later, slower ones first
         }
-        results = {}
+        results: dict[str, dict[str, dict]] = {k: {} for k in KINDS}
         for m, future in futures.items():
-            runs = [kw for n, kw in RUNS if n == m]
-            results.update({name(m, kw): out for kw, out in zip(runs, future.result())})
+            jobs = [(k, kw) for k in KINDS for n, kw in RUNS if n == m]
+            for (k, kw), out in zip(jobs, future.result()):
+                results[k][name(m, kw)] = out
+    return {k: (models[k], results[k]) for k in KINDS}
+
+
+@pytest.mark.skipif(len(MILESTONES) < 2, reason="needs two milestones that generate")
+@pytest.mark.parametrize("kind", KINDS)
+def test_all_milestones_agree(runs, kind):
+    model, results = runs[kind]
     for m, kw in RUNS:
         if kw.get("enable_prefix_caching"):  # the second pass really started after cached blocks
             assert results[name(m, kw)]["prefix_hits"] > 0

@@ -84,7 +84,11 @@ class ModelRunner:
             if self.device.type == "cuda":
                 attention_backend = "triton"  # flash-attn 2 cannot read an fp8 cache
         self.attn_backend = select_attn_backend(
-            attention_backend, self.device.type, cache_config.block_size
+            attention_backend,
+            self.device.type,
+            cache_config.block_size,
+            model_config.arch.head_dim,
+            self.dtype,
         )
         self.model = get_model(model_config)
         # Each Attention layer by its module name: the KV caches are bound by name (as in vLLM),

@@ -38,7 +38,7 @@ def flash_attn_version() -> int | None:
         try:
             if hasattr(importlib.import_module(module), "flash_attn_varlen_func"):
                 return version
-        except (ImportError, OSError):
+        except Exception:  # not installed, or installed but cannot load here
             pass
     return None
 

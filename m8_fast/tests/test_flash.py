@@ -88,7 +88,7 @@ def test_backend_errors_name_the_field(monkeypatch):
         ((16, 512, torch.bfloat16), "head_dim must be a multiple of 8 in 8..256, got 512"),
         ((16, 128, torch.float32), "dtype must be float16 or bfloat16, got torch.float32"),
     ]:
-        with pytest.raises(ValueError, match=f"uses flash-attn 4, which needs {field}"):
+        with pytest.raises(ValueError, match=f"uses flash-attn 4: {field}"):
             resolve_backend_name("flash", "cuda", *args)
     monkeypatch.setattr(backends, "triton_available", lambda device_type: False)
     with pytest.raises(ValueError, match="attention_backend='triton' needs"):

@@ -51,7 +51,7 @@ def resolve_backend_name(
         if version == 4 and fa4_error is None:
             return "flash+triton", "flash-attn 4 for prefill/mixed, triton split-KV for decode"
         if version == 4:
-            return "triton", f"auto: flash-attn 4 needs {fa4_error}; using our Triton kernels"
+            return "triton", f"auto: flash-attn 4 cannot run ({fa4_error}); using Triton"
         if version == 2 and block_size % FLASH_BLOCK_MULTIPLE == 0:
             return "flash", "auto: flash-attn is installed"
         if version == 2:
@@ -67,7 +67,7 @@ def resolve_backend_name(
             return name, reason
         if fa4_error is not None:
             raise ValueError(
-                f"attention_backend='flash' uses flash-attn 4, which needs {fa4_error} "
+                f"attention_backend='flash' uses flash-attn 4: {fa4_error} "
                 "(or set attention_backend='triton')"
             )
         if version == 2 and block_size % FLASH_BLOCK_MULTIPLE:

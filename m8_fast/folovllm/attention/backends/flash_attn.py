@@ -14,8 +14,6 @@ keep their graphs; prefill and mixed steps run flash-attn 4, eagerly.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from folovllm.attention.backends.abstract import AttentionImpl
@@ -34,13 +32,18 @@ FA4_HEAD_DIMS = range(8, 257, 8)  # Hopper: 8..256, a multiple of 8 for 16-bit i
 def flash_attn_version() -> int | None:
     """4 when flash-attn 4 (``flash_attn.cute``) imports, 2 for flash-attn 2's API, else None.
     (Imported, not just found: flash-attn 2 packages may carry a ``cute`` folder that cannot run.)"""
-    for version, module in ((4, "flash_attn.cute"), (2, "flash_attn")):
-        try:
-            if hasattr(importlib.import_module(module), "flash_attn_varlen_func"):
-                return version
-        except Exception:  # not installed, or installed but cannot load here
-            pass
-    return None
+    try:
+        from flash_attn.cute import flash_attn_varlen_func  # noqa: F401
+
+        return 4
+    except Exception:  # not installed, or installed but cannot load here
+        pass
+    try:
+        from flash_attn import flash_attn_varlen_func  # noqa: F401, F811
+
+        return 2
+    except Exception:
+        return None
 
 
 def fa4_constraint_error(block_size: int, head_dim: int | None, dtype) -> str | None:

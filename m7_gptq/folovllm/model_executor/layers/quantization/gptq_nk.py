@@ -75,6 +75,11 @@ class NKConfig:
 
 
 if triton is not None:
+    # The dot kernel's nibble -> operand conversion and its dot are the format kernels' own.
+    from folovllm.model_executor.layers.quantization.gptq_triton import (
+        _dot,
+        _to_dot_operand,
+    )
 
     @triton.jit
     def _plane(words, i: tl.constexpr, DEQ: tl.constexpr, exponent):
@@ -254,23 +259,6 @@ if triton is not None:
                     _sum_splits(out + 3 * out_stride_m, part + 3 * N, m3, part_stride, split)
                 tl.store(cnt_ptr + tile, 0)  # ready for the next launch
 
-    @triton.jit
-    def _dot_operand(q, dt: tl.constexpr, MAGIC: tl.constexpr):
-        """Nibbles -> the dot's dtype; MAGIC: an OR into the exponent bits gives MAGIC + q."""
-        if MAGIC == 128:
-            return (q | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
-        elif MAGIC == 1024:
-            return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
-        else:
-            return q.to(dt)
-
-    @triton.jit
-    def _dot(a, b, acc, IEEE: tl.constexpr):
-        if IEEE:
-            return tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            return tl.dot(a, b, acc)
-
     @triton.jit(do_not_specialize=_VARYING[:4])
     def _nk_dot_kernel(
         x_ptr,  # [M, K]
@@ -335,7 +323,7 @@ if triton is not None:
                     ch = k0 + ch0 + 4 * i
                     a = tl.load(x_rows + ch[None, :], mask=m_mask[:, None] & (ch < K)[None, :],
                                 other=0.0)  # fmt: skip
-                    b = _dot_operand((words >> (4 * i)) & 0xF, dt, MAGIC)
+                    b = _to_dot_operand((words >> (4 * i)) & 0xF, dt, MAGIC)
                     xq = _dot(a, tl.trans(b), xq, IEEE)
                 xz = x_sum[:, None] * z.to(tl.float32)[None, :]
                 acc += (xq - xz) * s.to(tl.float32)[None, :]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+import torch
 
 from folovllm import EngineConfig, SamplingParams
 from folovllm.engine.llm_engine import LLMEngine
+from folovllm.worker.model_runner import lazy_zeros
 
 PROMPTS = [
     "The for statement",
@@ -67,6 +72,24 @@ def test_blocks_follow_the_kv_budget(tiny_qwen3):
     assert make(tiny_qwen3, num_gpu_blocks=9).runner.num_blocks == 9
     with pytest.raises(ValueError, match="cannot hold one sequence of max_model_len=128"):
         make(tiny_qwen3, kv_cache_memory_gb=100 * 1024 / 2**30)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads Linux's /proc")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_cpu_cache_is_zero_and_takes_ram_only_where_written(dtype):
+    """lazy_zeros: zeros of the asked shape and dtype; 256 MiB of it add no resident pages until written."""
+
+    def resident() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = resident()
+    shape = (2, 2**28 // (2 * dtype.itemsize * 64), 64)
+    cache = lazy_zeros(shape, dtype, torch.device("cpu"))
+    assert cache.shape == shape and cache.dtype == dtype
+    assert resident() - before < 32 * 2**20
+    cache[1, :16] = 1.0  # written: these pages become real; the rest reads as zeros
+    assert cache[1, :16].eq(1).all()
+    assert cache[0].count_nonzero() == 0 and cache[1, 16:].count_nonzero() == 0
 
 
 @pytest.mark.parametrize("paged", [True, False])

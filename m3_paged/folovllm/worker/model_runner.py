@@ -5,8 +5,10 @@ tensors (input_ids, positions, slot_mapping, attention metadata), runs the model
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from folovllm.attention.backends import get_attn_backend
@@ -24,6 +26,15 @@ from folovllm.worker.memory_profile import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros. On the CPU from calloc (``np.zeros``): the OS backs a page only when it is first
+    written, so KV no request fills costs no time or RAM (``torch.zeros`` writes every byte)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    data = np.zeros(math.prod(shape) * dtype.itemsize, dtype=np.uint8)
+    return torch.from_numpy(data).view(dtype).view(shape)
 
 
 @dataclass
@@ -121,7 +132,7 @@ class ModelRunner:
         )
         caches = []
         for attn in self.attn_layers.values():
-            cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            cache = lazy_zeros(shape, self.dtype, self.device)
             attn.kv_cache = cache
             caches.append(cache)
         if log:

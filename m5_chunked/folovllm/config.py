@@ -42,6 +42,7 @@ LATER_FEATURES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "quantization": ("m7_gptq", (None,)),
     "async_scheduling": ("m8_fast", (None, False)),
     "kv_cache_dtype": ("m8_fast", (None, "auto")),
+    "tensor_parallel_size": ("m10_tp", (None, 1)),
 }
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash")
@@ -174,6 +175,7 @@ class EngineConfig:
     quantization: str | None = None
     async_scheduling: bool | None = None  # None: on for CUDA, off on a CPU (m8)
     kv_cache_dtype: str | None = None  # None / "auto": the model's dtype; "fp8" (m8)
+    tensor_parallel_size: int | None = None  # m10: ranks (processes, GPUs) sharing the model
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

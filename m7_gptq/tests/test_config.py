@@ -39,6 +39,7 @@ ENABLING = {
     "quantization": "gptq",
     "async_scheduling": True,
     "kv_cache_dtype": "fp8",
+    "tensor_parallel_size": 2,
 }
 
 

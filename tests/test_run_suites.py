@@ -194,6 +194,18 @@ def test_side_effects_and_dynamic_imports(tmp_path):
     m2 = m2_plan(tmp_path, {**m1, "folovllm/core.py": core}, m1)
     assert m2["tests/test_util.py"] is None and m2["tests/test_reexport.py"] is None
     assert m2_plan(tmp_path, m1, m1)["tests/test_util.py"] == "m1_a"
+    # A module that starts processes in a function only: importing it runs nothing dynamic, so a
+    # test that only imports it keeps its own dependencies (engine.py is not one of them); one
+    # that does at its top level (even as `name = ...`) makes them the whole package.
+    spawns = (
+        "import subprocess as sp\n\n\ndef step(cmd: sp.Popen | None = None):\n    return sp.run\n"
+    )
+    engine2 = {"folovllm/engine.py": ENGINE["folovllm/engine.py"] + "\n\nVERSION = 2\n"}
+    m1 = {"folovllm/__init__.py": init, "folovllm/core.py": spawns}
+    assert m2_plan(tmp_path, {**m1, **engine2}, m1)["tests/test_reexport.py"] == "m1_a"
+    on_import = spawns + "\n\nOUT = sp.check_output(['true'])\n"
+    m1 = {"folovllm/__init__.py": init, "folovllm/core.py": on_import}
+    assert m2_plan(tmp_path, {**m1, **engine2}, m1)["tests/test_reexport.py"] is None
 
 
 def test_later_milestones_reuse_the_first_that_ran_it(tmp_path):

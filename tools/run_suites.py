@@ -29,7 +29,8 @@ What a test module depends on (found with ``ast``, never by running it):
   module it comes from instead.
 - The ``__init__.py`` of every package above a used module (it runs first). What is imported but
   not used only *runs*: it counts only if importing it does more than define names (a call, an
-  attribute assignment, an unknown decorator at its top level). Whether it imports cleanly is
+  attribute assignment, an unknown decorator, a dynamic import or a process at its top level;
+  a module that starts processes only inside its functions does so for whoever calls them). Whether it imports cleanly is
   still checked in every milestone: test_isolation.py always runs, and it imports the package.
 - Every non-``.py`` file under ``folovllm/`` (data the engine may read).
 - The whole ``folovllm/`` package, when the module or an engine module it uses imports by other
@@ -202,6 +203,59 @@ def _target(node: ast.ImportFrom, modname: str, is_pkg: bool) -> str:
     return ".".join(parts + ([node.module] if node.module else []))
 
 
+def _runs_on_import(body: list[ast.stmt]):
+    """The nodes of ``body`` that run when the module is imported: not function bodies (their
+    decorators and defaults do run, as does a class body), docstrings or annotations (the
+    engine's modules use ``from __future__ import annotations``)."""
+    for stmt in body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = stmt.args
+            parts = [*stmt.decorator_list, *args.defaults, *(d for d in args.kw_defaults if d)]
+        elif isinstance(stmt, ast.ClassDef):
+            parts = [*stmt.decorator_list, *stmt.bases, *stmt.keywords]
+            yield from _runs_on_import(stmt.body)
+        elif isinstance(stmt, ast.AnnAssign):
+            parts = [stmt.target, *([stmt.value] if stmt.value else [])]
+        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            parts = []  # a docstring
+        elif isinstance(stmt, (ast.If, ast.Try)):
+            parts = [stmt.test] if isinstance(stmt, ast.If) else []
+            for block in (stmt.body, stmt.orelse, getattr(stmt, "finalbody", [])):
+                yield from _runs_on_import(block)
+            for handler in getattr(stmt, "handlers", []):
+                yield from _runs_on_import(handler.body)
+        else:
+            parts = [stmt]
+        for part in parts:
+            yield from ast.walk(part)
+
+
+def _dynamic_on_import(body: list[ast.stmt], imports: set[Import]) -> bool:
+    """Whether importing the module itself does something dynamic: a dynamic call, a path into
+    the package, or a use of a process-starting module at its top level. A module that only
+    *defines* functions doing so is dynamic for whoever calls them (its users), not for a test
+    that merely imports it."""
+    bound = {
+        a.asname or a.name.split(".")[0]
+        for node in body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for a in node.names
+        for module in [node.module if isinstance(node, ast.ImportFrom) else a.name]
+        if module and module.split(".")[0] in DYNAMIC_MODULES
+    }
+    for node in _runs_on_import(body):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, ast.Name) and (node.id in DYNAMIC_CALLS or node.id in bound):
+            return True
+        if isinstance(node, ast.Attribute) and node.attr in DYNAMIC_CALLS:
+            return True
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if f"{PACKAGE}/" in node.value:
+                return True
+    return False
+
+
 def _parse(path: Path, modname: str, is_pkg: bool) -> Source:
     text = path.read_bytes().decode("utf-8", "replace")
     try:
@@ -269,7 +323,7 @@ def _parse(path: Path, modname: str, is_pkg: bool) -> Source:
     bind(tree.body)
     defined.update(n for g in ast.walk(tree) if isinstance(g, ast.Global) for n in g.names)
     exports = {k: v for k, v in exports.items() if k not in defined and k != "*"}
-    pure = _pure(tree.body) and not dynamic
+    pure = _pure(tree.body) and not _dynamic_on_import(tree.body, imports)
     runtime = _runtime_imports(tree, modname, is_pkg, text)
     return Source(frozenset(imports), runtime, exports, dynamic, pure, text, frozenset(strings))
 

@@ -40,8 +40,11 @@ from folovllm.worker.async_output import AsyncModelRunnerOutput
 from folovllm.worker.model_runner import ModelRunner, ModelRunnerOutput
 
 logger = logging.getLogger(__name__)
-# How long a rank waits for the others: joining the group, and any one collective.
-TIMEOUT_S = float(os.environ.get("FOLOVLLM_TP_TIMEOUT_S", "300"))
+
+
+def timeout_s() -> float:
+    """How long one rank waits for another: ``FOLOVLLM_TP_TIMEOUT_S``, 300 s by default."""
+    return float(os.environ.get("FOLOVLLM_TP_TIMEOUT_S", "300"))
 
 
 @dataclass
@@ -102,11 +105,12 @@ class MultiprocExecutor:
         if model_config.device.type == "cpu":  # as each worker: a share of the cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         try:
-            init_distributed_environment(world_size, 0, init_method, model_config.device, TIMEOUT_S)
+            timeout = timeout_s()
+            init_distributed_environment(world_size, 0, init_method, model_config.device, timeout)
             self.joined = True
             self.runner = ModelRunner(model_config, **runner_kwargs)
             for rank, conn in enumerate(self.conns, 1):  # each worker built its runner too
-                msg = conn.recv() if conn.poll(TIMEOUT_S) else ("error", f"silent {TIMEOUT_S} s")
+                msg = conn.recv() if conn.poll(timeout) else ("error", f"silent {timeout} s")
                 if msg != "ready":
                     raise TensorParallelWorkerError(f"worker rank {rank} did not start: {msg[1]}")
         except Exception as exc:
@@ -237,7 +241,9 @@ def worker_main(
             torch.cuda.set_device(model_config.device)
         else:  # the CPU's cores are shared by every rank
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-        init_distributed_environment(world_size, rank, init_method, model_config.device, TIMEOUT_S)
+        init_distributed_environment(
+            world_size, rank, init_method, model_config.device, timeout_s()
+        )
         runner = ModelRunner(model_config, **runner_kwargs)
         conn.send("ready")
         requests: dict[str, Request] = {}  # this rank's copy of each running request's tokens

@@ -1,9 +1,7 @@
-import subprocess
-import sys
-
 import pytest
 
 from folovllm import LLM, EngineConfig, SamplingParams
+from folovllm.__main__ import main
 
 
 @pytest.fixture(scope="module")
@@ -52,22 +50,8 @@ def test_options_in_both_places_are_refused(tiny_qwen3):
         LLM(model=str(tiny_qwen3), quantization="gptq")
 
 
-def test_cli_generate(tiny_qwen3):
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "folovllm",
-            "generate",
-            "--model",
-            str(tiny_qwen3),
-            "--prompt",
-            "The for",
-            "--max-tokens",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "The for" in res.stdout and "4 tokens" in res.stdout
+def test_cli_generate(tiny_qwen3, capsys):
+    argv = ["generate", "--model", str(tiny_qwen3), "--prompt", "The for", "--max-tokens", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "The for" in out and "4 tokens" in out

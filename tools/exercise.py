@@ -224,6 +224,42 @@ SUGGESTED = [
         "text only when a request ends: queue its tokens and decode the span once; token by"
         " token only with stop strings",
     ),
+    (
+        "m9",
+        "OpenAIServing._max_tokens",
+        "上下文里的 `max_tokens`：不给就是 prompt 剩下的空间；"
+        "prompt + `max_tokens` 超过 `max_model_len` 是一个点名 `max_tokens` 的 400",
+        "`max_tokens` within the context: unset means the room the prompt leaves; prompt +"
+        " `max_tokens` over `max_model_len` is a 400 naming `max_tokens`",
+    ),
+    (
+        "m9",
+        "OpenAIServing._merge",
+        "`n > 1`：一个请求的 n 条流按到达顺序合成一条；一条出错就整体出错，提前结束时取消还在跑的那些",
+        "`n > 1`: one job's n streams merged in arrival order; one error fails the whole,"
+        " leaving early cancels the ones still running",
+    ),
+    (
+        "m10",
+        "RowParallelLinear.shard_weight",
+        "row-parallel 层每个 rank 读哪一段：按输入维切；bias 整份；只有一个 group 的 GPTQ scales 各 rank 共用",
+        "which slice a row-parallel rank reads: the input dimension split; the bias whole;"
+        " GPTQ scales of a single group shared by every rank",
+    ),
+    (
+        "m10",
+        "VocabParallelEmbedding.forward",
+        "每个 rank 只查自己那段词表：段外的 id 给 0，all-reduce 把各段加成完整的查表结果",
+        "each rank looks up only its slice of the vocabulary: ids outside give zeros, the"
+        " all-reduce sums the slices into the full lookup",
+    ),
+    (
+        "m10",
+        "verify_tensor_parallel",
+        "进程启动前检查每一种切分都整除：报错点名字段，并列出这个模型允许的 `tensor_parallel_size`",
+        "every split exact before any process starts: the error names the field and lists the"
+        " `tensor_parallel_size` values this model allows",
+    ),
 ]
 
 # Every line the tool prints to a learner, in both languages.

@@ -209,6 +209,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--concurrency", default="1,16,64,256", help="closed-loop client counts")
     ap.add_argument("--skip-offline", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--plot", default=None, help="PNG: latency and throughput against the rate")
     args = ap.parse_args(argv)
     args.rates_text = args.request_rates  # JSON has no inf
     args.request_rates = [float(r) for r in args.request_rates.split(",") if r]
@@ -241,7 +242,49 @@ def main(argv=None) -> dict:
     finally:
         stop_server(proc)
     write_json(args.out, result)
+    if args.plot:
+        plot_rates(result, args.plot)
     return result
+
+
+def plot_rates(result: dict, path: str) -> None:
+    """TTFT and ITL (p50, p99) and throughput at each Poisson rate, "all" = every request at once;
+    the offline engine's throughput (same run) as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = [r for r in result["config"]["request_rates"].split(",") if r]
+    points = [result["server"][f"rate_{float(r):g}".replace(".", "p")] for r in rates]
+    labels = ["all" if math.isinf(float(r)) else f"{float(r):g}" for r in rates]
+    dev = result["device"]
+    card = dev.get("gpu") or f"CPU ({dev['cpu']}, {dev['cpu_threads']} thread)"
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    xs = range(len(rates))
+    for key, name, color in (("ttft", "TTFT", "tab:red"), ("itl", "ITL", "tab:blue")):
+        for q, style in (("p50", "-o"), ("p99", "--o")):
+            ys = [pt[f"{key}_{q}_s"] * 1e3 for pt in points]
+            a1.plot(xs, ys, style, color=color, label=f"{name} {q}")
+    a1.set_yscale("log")
+    a1.set_ylabel("ms (client side)")
+    a2.plot(xs, [pt["output_tokens_per_s"] for pt in points], "-o", color="tab:green",
+            label="server")  # fmt: skip
+    if "offline" in result:
+        a2.axhline(result["offline"]["output_tokens_per_s"], color="k", ls="--", lw=1,
+                   label="offline engine, same run")  # fmt: skip
+    a2.set_ylabel("output tokens / s")
+    for ax in (a1, a2):
+        ax.set_xticks(list(xs), labels)
+        ax.set_xlabel("request rate (Poisson, requests/s)")
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"{result['milestone']} server, {result['num_requests']} requests, {card}", fontsize=10
+    )
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

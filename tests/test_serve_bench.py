@@ -15,8 +15,10 @@ SMALL = ["--model", "folo-tiny", "--num-seqs", "6", "--min-input-len", "8", "--m
 def test_serve_bench_smoke(tmp_path):
     out = tmp_path / "serve.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "serve_bench.py"), *SMALL,
-           "--request-rates", "8,inf", "--concurrency", "2", "--out", str(out)]  # fmt: skip
+           "--request-rates", "8,inf", "--concurrency", "2", "--out", str(out),
+           "--plot", str(tmp_path / "rates.png")]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=600)
+    assert (tmp_path / "rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads(out.read_text())
     assert result["offline"]["output_tokens_per_s"] > 0
     assert set(result["server"]) == {"rate_8", "rate_inf", "concurrency_2"}

@@ -327,7 +327,7 @@ def test_nk_shape_errors_and_default_config():
         nk.gptq_nk_gemm(x.repeat(8, 1), *layer, k, gs, 1, nk.NKConfig(block_m=8))
     for m, n, k in ((1, 4096, 4096), (3, 24576, 4096), (8, 4096, 12288), (64, 6144, 4096)):
         cfg = nk.default_config(m, n, k)
-        assert cfg.split_k & (cfg.split_k - 1) == 0 and cfg.split_k <= nk.MAX_SPLIT_K
+        assert cfg.split_k & (cfg.split_k - 1) == 0 and cfg.split_k <= gt.MAX_SPLIT_K
         assert cfg.block_k % 32 == 0 and (m <= nk.GEMV_MAX_M or cfg.block_m >= 16)
 
 

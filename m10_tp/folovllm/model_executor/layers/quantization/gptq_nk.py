@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from folovllm.model_executor.layers.quantization.gptq_triton import split_k_for
 from folovllm.model_executor.layers.quantization.utils import gptq_pack
 
 try:
@@ -435,8 +436,6 @@ def _counters(device: torch.device) -> torch.Tensor:
 # kernel beat dequantize + cuBLAS) extends the fused path to it.
 TUNED: dict[tuple[int, int, int], dict] = {}
 PROGRAMS_PER_SM = 4  # heuristic: split K until the grid has this many programs per SM
-MIN_TILES_PER_SPLIT = 2
-MAX_SPLIT_K = 16
 
 
 def default_config(m: int, n: int, k: int, num_sms: int = 132) -> NKConfig:
@@ -453,15 +452,7 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132) -> NKConfig:
         rows = cfg.block_m
     tiles = -(-m // rows) * -(-n // cfg.block_n)
     k_tiles = -(-k // cfg.block_k)
-    want = PROGRAMS_PER_SM * num_sms
-    split = 1
-    while (
-        split * 2 <= MAX_SPLIT_K
-        and tiles * split < want
-        and k_tiles // (split * 2) >= MIN_TILES_PER_SPLIT
-    ):
-        split *= 2
-    return replace(cfg, split_k=split)
+    return replace(cfg, split_k=split_k_for(tiles, k_tiles, PROGRAMS_PER_SM * num_sms))
 
 
 def _fit_block_k(block_k: int, k: int, gs: int, min_k: int) -> tuple[int, bool]:

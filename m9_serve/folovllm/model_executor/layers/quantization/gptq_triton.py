@@ -408,6 +408,13 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132) -> GemmConfig:
     tiles = -(-m // rows) * -(-n // cfg.block_n)
     k_tiles = -(-k // cfg.block_k)
     want = (PROGRAMS_PER_SM[16] if m <= 16 else PROGRAMS_PER_SM[None]) * num_sms
+    return replace(cfg, split_k=split_k_for(tiles, k_tiles, want))
+
+
+def split_k_for(tiles: int, k_tiles: int, want: int) -> int:
+    """Split K in two, again and again, while the grid (``tiles`` output tiles x the splits) has
+    fewer than ``want`` programs, each split keeps ``MIN_TILES_PER_SPLIT`` of the ``k_tiles``
+    K-tiles and the split stays <= ``MAX_SPLIT_K``."""
     split = 1
     while (
         split * 2 <= MAX_SPLIT_K
@@ -415,7 +422,7 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132) -> GemmConfig:
         and k_tiles // (split * 2) >= MIN_TILES_PER_SPLIT
     ):
         split *= 2
-    return replace(cfg, split_k=split)
+    return split
 
 
 def _fit_block_k(block_k: int, k: int, gs: int, scale_after_dot: bool) -> tuple[int, bool]:

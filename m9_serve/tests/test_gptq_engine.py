@@ -109,6 +109,17 @@ def dequantized_hf_model(ckpt: Path, fmt: str):
     return model
 
 
+def greedy_tokens(engine: LLMEngine) -> list[list[int]]:
+    """Every prompt of PROMPTS run to NEW_TOKENS greedy tokens (ignore_eos), in prompt order."""
+    params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    ids = [engine.add_request(p, params) for p in PROMPTS]
+    outs = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            outs[out.request_id] = out.token_ids
+    return [outs[i] for i in ids]
+
+
 def hf_greedy(model, prompt: list[int]) -> list[int]:
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
@@ -140,15 +151,7 @@ def test_gptq_checkpoint_matches_dequantized_reference(dense, tmp_path, kind, gr
     assert layer.qweight.dtype == torch.int32 and layer.scales.dtype == torch.float16
     assert (layer.perm is not None) == (desc_act and group_size != -1)  # one group: no order
     ref = dequantized_hf_model(ckpt, fmt)
-    params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    for prompt in PROMPTS:
-        engine.add_request(prompt, params)
-    outs = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            outs[out.request_id] = out.token_ids
-    ours = [outs[k] for k in sorted(outs, key=int)]
-    assert ours == [hf_greedy(ref, p) for p in PROMPTS]
+    assert greedy_tokens(engine) == [hf_greedy(ref, p) for p in PROMPTS]
 
 
 def test_both_kernel_layouts_give_the_same_tokens(dense, tmp_path, monkeypatch):
@@ -161,13 +164,7 @@ def test_both_kernel_layouts_give_the_same_tokens(dense, tmp_path, monkeypatch):
         engine = LLMEngine(EngineConfig(model=str(ckpt), device="cpu", dtype="float32"))
         layer = engine.runner.model.model.layers[0].mlp.down_proj
         shapes[layout] = tuple(layer.qweight.shape)
-        params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-        ids = [engine.add_request(p, params) for p in PROMPTS]
-        outs = {}
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                outs[out.request_id] = out.token_ids
-        tokens[layout] = [outs[i] for i in ids]
+        tokens[layout] = greedy_tokens(engine)
     k, n = layer.input_size, layer.output_size
     assert shapes == {"format": (k // 8, n), "nk": (n, -(-k // 32) * 4)}
     assert tokens["format"] == tokens["nk"]
@@ -271,12 +268,6 @@ def test_gptq_on_the_gpu_with_graphs_matches_the_reference(dense, tmp_path, desc
     for opts in ({}, {"enforce_eager": True}):
         engine = LLMEngine(EngineConfig(model=str(ckpt), device="cuda", dtype="float32",
                                         kv_cache_memory_gb=0.05, **opts))  # fmt: skip
-        params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-        ids = [engine.add_request(p, params) for p in PROMPTS]
-        outs = {}
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                outs[out.request_id] = out.token_ids
-        assert [outs[i] for i in ids] == want, opts
+        assert greedy_tokens(engine) == want, opts
         if not opts:
             assert engine.runner.mixed_graph_runner.num_replays > 0

@@ -14,7 +14,7 @@ mdir         = $(or $(patsubst %/,%,$(firstword $(wildcard $(1)_*/))),$(error no
 PYTEST_ARGS ?= -q
 # Python caches the bytecode of each module it imports (.pyc, under __pycache__/, ignored by git).
 # Where the environment turns that off (PYTHONDONTWRITEBYTECODE), every process of make test
-# would compile torch and transformers again: about 4 s each, with dozens of processes.
+# would compile torch and transformers again, and make test starts dozens of processes.
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup demo serve test test-root lineage lint format coverage check docs docs-serve clean help
